@@ -1,0 +1,22 @@
+# Two entry points for a newcomer: `make demo` and `make test`. Both create .venv when needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv clean
+
+$(STAMP): pyproject.toml requirements/constraints.txt scripts/bootstrap.sh
+	PYTHON=$(PYTHON) bash scripts/bootstrap.sh $(VENV)
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/dsel run examples/demo/dataselection.yaml --output examples/demo/out/selection.json
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) examples/demo/out .pytest_cache

@@ -1,0 +1,230 @@
+"""Synthetic capabilities with exact-match answers and deliberately unequal influence.
+
+Five tasks, chosen so that their per-example gradients differ in length, loss scale and
+difficulty (what makes influence scores of one task intrinsically larger than another's):
+
+  task      instruction (user turn)                            answer          answer tokens
+  add       "What is 482 + 37?"                                "519"           2-4   hard (carries)
+  reverse   "Reverse the string: kqzmt"                        "tmzqk"         4-8   medium
+  sort      "Sort these digits: 5 2 8 1 7"                     "1 2 5 7 8"     7-13  medium, long
+  count     "How many times does a appear in abcaab?"          "3"             1     hard
+  lookup    "q=41 b=73 x=15. What is the value of b?"          "73"            2     easy
+
+plus `chatter`, a distractor: "Tell me about the river." answered by random words, which
+cannot be learned and teaches no capability (it only has large, noisy gradients).
+
+Every capability also exists in a second surface form, the "narrative" form
+("482 + 37 = 519."), which the base model sees during pretraining; instruction tuning has to
+map the chat form onto it. This mirrors what instruction tuning does to a pretrained LLM (elicit
+a skill in a new format) and keeps a small LoRA budget meaningful.
+
+The tokenizer is byte-level, so one character is one token.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+TASKS: tuple[str, ...] = ("add", "reverse", "sort", "count", "lookup")
+DISTRACTOR = "chatter"
+WORDS = (
+    "river stone cloud lamp garden window paper silver orange quiet music bridge forest "
+    "candle winter harbor meadow planet violet thunder pencil mirror castle ocean"
+).split()
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One instance of a task: the chat question, the exact answer and the narrative line."""
+
+    task: str
+    question: str
+    answer: str
+    narrative: str
+
+
+def _add(rng: random.Random) -> Item:
+    a = rng.randint(10, 999)
+    b = rng.randint(10, 999)
+    return Item("add", f"What is {a} + {b}?", str(a + b), f"{a} + {b} = {a + b}.")
+
+
+def _reverse(rng: random.Random) -> Item:
+    word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(4, 8)))
+    return Item("reverse", f"Reverse the string: {word}", word[::-1], f"{word} backwards is {word[::-1]}.")
+
+
+def _sort(rng: random.Random) -> Item:
+    digits = [rng.randint(0, 9) for _ in range(rng.randint(4, 7))]
+    shown = " ".join(map(str, digits))
+    ordered = " ".join(map(str, sorted(digits)))
+    return Item("sort", f"Sort these digits: {shown}", ordered, f"{shown} in order is {ordered}.")
+
+
+def _count(rng: random.Random) -> Item:
+    alphabet = rng.sample("abcdef", 3)
+    target = alphabet[0]
+    text = "".join(rng.choice(alphabet) for _ in range(rng.randint(4, 9)))
+    n = text.count(target)
+    return Item(
+        "count",
+        f"How many times does {target} appear in {text}?",
+        str(n),
+        f"{text} has {n} {target}.",
+    )
+
+
+def _lookup(rng: random.Random) -> Item:
+    keys = rng.sample(LETTERS, rng.randint(3, 5))
+    values = [rng.randint(10, 99) for _ in keys]
+    pairs = " ".join(f"{k}={v}" for k, v in zip(keys, values))
+    pick = rng.randrange(len(keys))
+    return Item(
+        "lookup",
+        f"{pairs}. What is the value of {keys[pick]}?",
+        str(values[pick]),
+        f"{pairs}; {keys[pick]} is {values[pick]}.",
+    )
+
+
+def _chatter(rng: random.Random) -> Item:
+    topic = rng.choice(WORDS)
+    answer = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 10)))
+    return Item(DISTRACTOR, f"Tell me about the {topic}.", answer, answer + ".")
+
+
+GENERATORS: dict[str, Callable[[random.Random], Item]] = {
+    "add": _add,
+    "reverse": _reverse,
+    "sort": _sort,
+    "count": _count,
+    "lookup": _lookup,
+    DISTRACTOR: _chatter,
+}
+
+
+def make_item(task: str, rng: random.Random) -> Item:
+    if task not in GENERATORS:
+        raise ValueError(f"unknown task {task!r} (known: {', '.join(GENERATORS)})")
+    return GENERATORS[task](rng)
+
+
+def chat_record(item: Item, **extra) -> dict:
+    """The chat-format JSONL record dsel reads (ALGORITHMS.md §1)."""
+    messages = [{"role": "user", "content": item.question}, {"role": "assistant", "content": item.answer}]
+    return {"messages": messages, **extra}
+
+
+def exact_match(prediction: str, answer: str) -> bool:
+    """Exact match after stripping surrounding whitespace (the generation stops at EOS)."""
+    return prediction.strip() == answer.strip()
+
+
+# --- data sets ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoolSizes:
+    """How many examples of each kind to generate."""
+
+    pool: int = 3000  # training pool (all tasks + distractors)
+    distractor_share: float = 0.2  # share of the pool that is `chatter`
+    validation_per_task: int = 8  # small target sets, as LESS and BIDS use
+    test_per_task: int = 200  # held-out exact-match evaluation
+
+
+@dataclass(frozen=True)
+class Datasets:
+    """Everything one seed trains, selects and evaluates on."""
+
+    pool: list[Item]
+    validation: dict[str, list[Item]]
+    test: dict[str, list[Item]]
+
+
+def _unique(task: str, rng: random.Random, count: int, seen: set[str]) -> list[Item]:
+    """`count` items of `task` whose questions are not in `seen` (which is updated)."""
+    items: list[Item] = []
+    attempts = 0
+    while len(items) < count:
+        attempts += 1
+        if attempts > 200 * count + 1000:
+            raise RuntimeError(f"cannot draw {count} distinct '{task}' questions")
+        item = make_item(task, rng)
+        if item.question in seen:
+            continue
+        seen.add(item.question)
+        items.append(item)
+    return items
+
+
+def test_sets(sizes: PoolSizes, seed: int = 10_000) -> dict[str, list[Item]]:
+    """Held-out sets: fixed across benchmark seeds, so seeds differ only in what is trained."""
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    return {task: _unique(task, rng, sizes.test_per_task, seen) for task in TASKS}
+
+
+def build_datasets(sizes: PoolSizes, seed: int) -> Datasets:
+    """Pool (shuffled; tasks in equal shares, plus distractors), validation and test sets.
+
+    No question appears twice anywhere, and the pool and validation sets never contain a test
+    question, so the held-out accuracy measures generalization, not memorization.
+    """
+    test = test_sets(sizes)
+    seen = {item.question for items in test.values() for item in items}
+    rng = random.Random(seed)
+    distractors = int(round(sizes.pool * sizes.distractor_share))
+    per_task = (sizes.pool - distractors) // len(TASKS)
+    distractors = sizes.pool - per_task * len(TASKS)
+    validation = {task: _unique(task, rng, sizes.validation_per_task, seen) for task in TASKS}
+    pool: list[Item] = []
+    for task in TASKS:
+        pool += _unique(task, rng, per_task, seen)
+    pool += _unique(DISTRACTOR, rng, distractors, seen)
+    rng.shuffle(pool)
+    return Datasets(pool=pool, validation=validation, test=test)
+
+
+def write_jsonl(path: Path, records: Iterable[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+
+
+def write_selection_inputs(data: Datasets, directory: Path) -> dict[str, object]:
+    """Write the pool and validation sets as dsel reads them; returns their absolute paths.
+
+    Pool lines carry an `id` naming the task (dsel ignores it; the report uses it for the true
+    composition of each subset). Validation files are one per task.
+    """
+    directory = Path(directory).resolve()
+    train = directory / "train.jsonl"
+    write_jsonl(train, (chat_record(item, id=f"{item.task}-{i:05d}") for i, item in enumerate(data.pool)))
+    validation = {}
+    for task, items in data.validation.items():
+        path = directory / "validation" / f"{task}.jsonl"
+        write_jsonl(path, (chat_record(item, task=task) for item in items))
+        validation[task] = str(path)
+    return {"train": str(train), "validation": validation}
+
+
+def pretraining_lines(
+    rng: random.Random, count: int, exclude: set[str] = frozenset(), tasks: Sequence[str] = TASKS
+) -> list[str]:
+    """Generic text from the same generators: narrative forms of every capability and chatter.
+
+    Never the chat form, so the base model has the skills but not the instruction format.
+    Instances whose question is in `exclude` (the test sets) are skipped.
+    """
+    kinds = list(tasks) + [DISTRACTOR]
+    lines: list[str] = []
+    while len(lines) < count:
+        item = make_item(rng.choice(kinds), rng)
+        if item.question not in exclude:
+            lines.append(item.narrative)
+    return lines

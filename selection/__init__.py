@@ -1,0 +1,1 @@
+"""dsel: influence-based, capability-balanced instruction-data selection."""

@@ -1,0 +1,136 @@
+"""`dsel`: run a selection on this machine, validate specs, reduce a score matrix, print the CRD."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+EXIT_BAD_INPUT = 2
+
+
+def _summary(document: dict[str, Any]) -> str:
+    indices = document["indices"]
+    composition = document.get("composition", {})
+    width = max((len(task) for task in composition), default=4)
+    lines = [
+        f"Selected {len(indices)} of {document.get('poolSize', '?')} examples "
+        f"(method {document['method']}, budget {document['budget']})",
+        "Per-task composition (examples closest to each task):",
+    ]
+    lines += [f"  {task:<{width}}  {count:>6}" for task, count in sorted(composition.items())]
+    if "artifacts" in document:
+        lines.append(f"Artifacts: {document['artifacts']}")
+    if "subsetUri" in document:
+        lines.append(f"Selected subset (JSONL, in selection order): {document['subsetUri']}")
+    head = ", ".join(str(i) for i in indices[:12]) + (", ..." if len(indices) > 12 else "")
+    lines.append(f"First indices: {head}")
+    return "\n".join(lines)
+
+
+def _write_output(path: str, document: dict[str, Any]) -> None:
+    """Write atomically: a reader never sees a half-written selection."""
+    import os
+    import tempfile
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    with os.fdopen(handle, "w") as stream:
+        json.dump(document, stream, indent=2)
+        stream.write("\n")
+    os.replace(temporary, target)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from selection.local import run_selection
+    from selection.spec import load_selection
+
+    resource = load_selection(args.spec)
+    document = run_selection(
+        resource,
+        storage_uri=args.storage,
+        base_dir=Path(args.spec).resolve().parent,
+        cache_dir=args.cache_dir,
+        progress=not args.quiet,
+    )
+    if args.output:
+        _write_output(args.output, document)
+    print(_summary(document))
+    if args.output:
+        print(f"Selection written to {args.output}")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from selection.spec import load_selection
+
+    resource = load_selection(args.spec)
+    if args.check_data:
+        from selection.jobs.context import JobArgs, StageContext
+
+        ctx = StageContext(JobArgs(resource, storage_uri="unused", base_dir=str(Path(args.spec).resolve().parent)))
+        print(f"{args.spec}: {len(ctx.train_examples)} training examples, "
+              f"{len(ctx.validation_examples)} validation examples")
+    sel = resource.spec.selection
+    print(f"{args.spec}: valid DataSelection '{resource.name}' (method {sel.method}, budget {sel.budget})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dsel",
+        description="Pick a capability-balanced subset of an instruction-tuning pool (LESS + BIDS).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run", help="run a DataSelection spec on this machine",
+        description="Run warmup, gradient extraction, scoring and reduction in this process. "
+        "Finished artifacts are reused, so rerunning after an interruption resumes.",
+    )
+    run.add_argument("spec", help="DataSelection YAML (the same file kubectl applies)")
+    run.add_argument("--output", "-o", help="also write selection.json here")
+    run.add_argument("--storage", help="artifact root (directory or s3://bucket/prefix); "
+                     "default: the spec's storage.uri, else .dsel/<name>")
+    run.add_argument("--cache-dir", help="model cache (default $DSEL_CACHE_DIR or ~/.cache/dsel)")
+    run.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    run.set_defaults(handler=_run)
+
+    validate = commands.add_parser(
+        "validate", help="check a spec and report every problem with its field path",
+        description="Exit 0 when valid; otherwise list each problem as 'field.path: message', exit 2.",
+    )
+    validate.add_argument("spec", help="DataSelection YAML")
+    validate.add_argument("--check-data", action="store_true", help="also read and check the JSONL files")
+    validate.set_defaults(handler=_validate)
+
+    from selection.reduce.cli import add_reduce_parser
+
+    add_reduce_parser(commands)
+
+    from selection.crd import add_crd_parser
+
+    add_crd_parser(commands)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from selection.jobs.runner import user_errors
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except user_errors() as error:
+        print(f"dsel {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume from finished artifacts", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

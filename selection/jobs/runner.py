@@ -1,0 +1,63 @@
+"""Shared entrypoint plumbing: read the arguments, run a stage, turn known errors into exit 2."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from selection.jobs.context import JobArgs, StageContext, read_job_args
+
+EXIT_BAD_INPUT = 2
+TERMINATION_LOG = Path("/dev/termination-log")  # Kubernetes shows it in the pod's status
+
+log = logging.getLogger("dsel.jobs")
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input or a refused rerun: reported in one line, exit code 2."""
+    from selection import artifacts, data, spec, storage
+    from selection.jobs.context import JobArgumentError
+    from selection.models import ModelLoadError
+    from selection.reduce import ReductionError
+
+    return (
+        spec.SpecError, data.DataError, JobArgumentError, storage.StorageError,
+        ModelLoadError, artifacts.StaleArtifactError, ReductionError,
+    )
+
+
+def report_failure(stage: str, message: str) -> None:
+    """Print the reason and leave it where Kubernetes puts it into the pod status."""
+    line = f"dsel {stage}: error: {message}"
+    print(line, file=sys.stderr, flush=True)
+    try:
+        if TERMINATION_LOG.parent.is_dir() and TERMINATION_LOG.exists():
+            TERMINATION_LOG.write_text(line[-4000:])
+    except OSError:
+        pass
+
+
+def run_stage(stage: str, body: Callable[[StageContext], Any], argv: list[str] | None = None) -> int:
+    """`python -m selection.jobs.<stage> <args.json>`: exit 0 on success, 2 on bad input."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0] in ("-h", "--help"):
+        print(f"usage: python -m selection.jobs.{stage} <args.json | inline JSON>", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    errors = user_errors()
+    try:
+        args: JobArgs = read_job_args(argv[0])
+        ctx = StageContext(args)
+        started = time.monotonic()
+        try:
+            body(ctx)
+        finally:
+            ctx.close()
+    except errors as error:
+        report_failure(stage, str(error))
+        return EXIT_BAD_INPUT
+    log.info("stage %s finished in %.1f s", stage, time.monotonic() - started)
+    return 0

@@ -1,0 +1,19 @@
+"""Extract then score one shard: what each completion of the Indexed extraction Job runs."""
+
+from __future__ import annotations
+
+from selection.jobs import extract, runner, score
+from selection.jobs.context import StageContext
+
+
+def run(ctx: StageContext, shard: int) -> None:
+    extract.run(ctx, shard)
+    score.run(ctx, shard)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return runner.run_stage("shard", lambda ctx: run(ctx, ctx.args.required_shard("shard")), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,59 @@
+"""Stage 1: LoRA warmup on a seeded fraction of the pool; one committed checkpoint per epoch."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from selection import artifacts
+from selection.jobs import runner
+from selection.jobs.context import StageContext
+
+
+def run(ctx: StageContext, progress: Callable[[int, int], None] | None = None) -> list[str]:
+    """Train (or resume) the warmup; returns the checkpoint prefixes."""
+    from selection import warmup
+
+    spec = ctx.spec.warmup
+    store = ctx.artifacts
+    fingerprint = ctx.warmup_fingerprint
+    prefixes = [artifacts.checkpoint_prefix(e) for e in ctx.epochs]
+    finished = [store.is_done(p, fingerprint) for p in prefixes]
+    if all(finished):
+        return prefixes
+    last_done = max((e for e, done in zip(ctx.epochs, finished) if done), default=None)
+    if last_done is not None and not all(finished[: last_done + 1]):
+        last_done = None  # a gap: an epoch without its predecessor cannot be trusted to resume
+
+    model, tokenizer = ctx.load_model()
+    model = warmup.attach_lora(model, spec.lora, spec.seed)
+    subset = warmup.warmup_indices(len(ctx.train_examples), spec.fraction, spec.seed)
+    examples = ctx.tokenize(tokenizer, [ctx.train_examples[i] for i in subset])
+    resume = None
+    if last_done is not None:
+        resume = warmup.load_checkpoint(store.fetch(prefixes[last_done]))
+
+    def save(epoch: int, directory: Path) -> None:
+        info = warmup.load_checkpoint(directory)
+        store.save_directory(
+            prefixes[epoch],
+            directory,
+            {"fingerprint": fingerprint, "epoch": epoch, "step": info.step, "mean_lr": info.mean_lr,
+             "warmup_examples": len(subset)},
+        )
+
+    with tempfile.TemporaryDirectory(prefix="dsel-warmup-") as scratch:
+        warmup.train_warmup(
+            model, examples, spec, tokenizer.pad_token_id,
+            save=save, scratch=Path(scratch), resume_from=resume, progress=progress,
+        )
+    return prefixes
+
+
+def main(argv: list[str] | None = None) -> int:
+    return runner.run_stage("warmup", lambda ctx: run(ctx), argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""The embedded executor behind `dsel run`: every stage, in order, in this process.
+
+It calls the same stage functions the Kubernetes Jobs run, so a local run and a cluster run of
+one spec produce the same artifacts. Finished artifacts are skipped, so rerunning after an
+interruption resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from selection.jobs import extract, reduce, score, warmup
+from selection.jobs.context import JobArgs, StageContext
+from selection.spec import DataSelection
+
+DEFAULT_LOCAL_ROOT = ".dsel"
+
+
+def default_storage_uri(resource: DataSelection) -> str:
+    """The spec's storage.uri, else .dsel/<name> under the working directory."""
+    return resource.spec.storage.uri or str(Path(DEFAULT_LOCAL_ROOT, resource.name).resolve())
+
+
+@contextmanager
+def _bar(enabled: bool, total: int, description: str) -> Iterator[Any]:
+    if not enabled:
+        class Silent:
+            def update(self, n: int = 1) -> None: ...
+        yield Silent()
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=description, unit="ex", dynamic_ncols=True, leave=True) as bar:
+        yield bar
+
+
+def run_selection(
+    resource: DataSelection,
+    *,
+    storage_uri: str | None = None,
+    base_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run warmup, extraction, scoring and reduction; return the selection document."""
+    args = JobArgs(
+        resource=resource,
+        storage_uri=storage_uri or default_storage_uri(resource),
+        endpoint=resource.spec.storage.endpoint,
+        region=resource.spec.storage.region,
+        base_dir=str(base_dir) if base_dir is not None else None,
+        cache_dir=str(cache_dir) if cache_dir is not None else None,
+    )
+    ctx = StageContext(args)
+    try:
+        spec = ctx.spec
+        with _bar(progress, 0, "warmup") as bar:
+            def on_step(step: int, total: int) -> None:
+                bar.total, bar.unit = total, "step"
+                bar.update(1)
+
+            warmup.run(ctx, progress=on_step)
+        epochs = len(ctx.epochs)
+        total = epochs * (len(ctx.train_examples) + len(ctx.validation_examples))
+        with _bar(progress, total, "gradients") as bar:
+            extract.ensure_validation_features(ctx, progress=bar.update)
+            for shard in range(spec.gradients.shards):
+                extract.run(ctx, shard, progress=bar.update)
+        for shard in range(spec.gradients.shards):
+            score.run(ctx, shard)
+        document = reduce.run(ctx)
+        document = dict(document)
+        document["artifacts"] = ctx.artifacts.store.uri
+        return document
+    finally:
+        ctx.close()

@@ -1,0 +1,259 @@
+"""The fast BIDS engine: the §5 loop's exact result in O(sort + B·D) instead of O(B·N·D).
+
+Write X for the matrix the loop runs on (Ã, or A with normalize=false, or its task means;
+N x D). Each step picks the lowest-index unselected i maximizing u_i = max_j fl(X_ij - r_j),
+where fl is float64 rounding (see `selection.reduce.naive.naive_bids`).
+
+Why per-column lists are enough. max over i of u_i is a maximum over pairs (i, j), so
+    U = max_i u_i = max_j max_i fl(X_ij - r_j) = max_j fl(c_j - r_j),
+with c_j the largest unselected value in column j, because rounding is monotone
+(x <= y implies fl(x - r) <= fl(y - r)). c_j does not depend on r: it only changes when the
+row holding it is selected. And row i ties for the maximum exactly when fl(X_ij - r_j) = U for
+some column j, which (monotonicity again) puts it in a prefix of column j's unselected rows in
+descending value order. So each step:
+  1. U = max_j fl(c_j - r_j) (a D-vector operation); J = the columns attaining U.
+  2. For each j in J, the lowest unselected index among rows with fl(X_ij - r_j) = U: the head
+     of column j's list almost always (the next unselected value falls short); otherwise a
+     binary search for the end of the tied prefix, then the lowest unselected index in it.
+  3. The winner is the lowest of these; r = (running sum of selected rows) / |S| exactly as the
+     oracle computes it, from the row recomputed bit for bit (`selection.reduce.normalize`).
+  4. Columns whose head was the winner advance their pointer past selected rows.
+Every comparison is on the same float64 numbers the oracle compares, so the order is identical
+(no tolerance, no drift bound: the drift of r only moves U, never the per-column order).
+
+Lists. Column j keeps its top L rows by (value desc, index asc), L = min(N, B) by default
+(capped by a memory budget): since fewer than B rows are ever selected, a column of length B
+never runs out. A shorter list is refilled from the full column when exhausted, and when a tied
+prefix runs to the end of a truncated list the whole column is scanned exactly; both are rare
+(heavy ties) and correct. A constant column ties every unselected row, so its candidate is the
+lowest unselected index overall. Building the lists reads A column-block by column-block in
+row blocks (no transposed copy of A), one float64 column block of at most COLUMN_BLOCK_BYTES.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from selection.reduce import normalize
+from selection.reduce.normalize import ColumnStats, TaskGroups
+
+COLUMN_BLOCK_BYTES = 256 * 2**20  # float64 column block used while building the lists
+LIST_BYTES = 3 * 2**30  # cap on the per-column lists (index + value = 12 bytes per entry)
+
+
+class InstanceSource:
+    """X = Ã (z-scored A) or A itself, recomputed from A on demand, never stored whole."""
+
+    def __init__(self, matrix: np.ndarray, stats: ColumnStats | None):
+        self.matrix = matrix
+        self.stats = stats
+        self.n, self.d = matrix.shape
+
+    def row(self, i: int) -> np.ndarray:
+        values = np.asarray(self.matrix[i], dtype=np.float64)
+        return values.copy() if self.stats is None else normalize.zscore(values, self.stats)
+
+    def column(self, j: int) -> np.ndarray:
+        values = np.asarray(self.matrix[:, j], dtype=np.float64)
+        if self.stats is None:
+            return values.copy()
+        return normalize.zscore(values[:, None], self.stats, slice(j, j + 1))[:, 0]
+
+    def columns(self, start: int, stop: int) -> np.ndarray:
+        """Columns [start, stop) as a (stop - start, N) float64 array, read in row blocks."""
+        out = np.empty((stop - start, self.n))
+        for lo, hi in normalize.row_blocks(self.n):
+            block = np.asarray(self.matrix[lo:hi, start:stop], dtype=np.float64)
+            if self.stats is not None:
+                block = normalize.zscore(block, self.stats, slice(start, stop))
+            out[:, lo:hi] = block.T
+        return out
+
+
+class TaskSource:
+    """X = task means of Ã (or of A), K columns, computed once in row blocks and kept (N x K)."""
+
+    def __init__(self, matrix: np.ndarray, stats: ColumnStats | None, groups: TaskGroups):
+        self.n = matrix.shape[0]
+        self.d = len(groups.names)
+        self.values = np.empty((self.d, self.n))  # column-major: one contiguous row per task
+        for lo, hi in normalize.row_blocks(self.n):
+            block = normalize.as_float64_block(matrix, lo, hi)
+            if stats is not None:
+                block = normalize.zscore(block, stats)
+            self.values[:, lo:hi] = normalize.task_means(block, groups).T
+
+    def row(self, i: int) -> np.ndarray:
+        return self.values[:, i].copy()
+
+    def column(self, j: int) -> np.ndarray:
+        return self.values[j].copy()
+
+    def columns(self, start: int, stop: int) -> np.ndarray:
+        return self.values[start:stop]
+
+
+class BidsEngine:
+    """One run of the BIDS loop over a source (see the module docstring for the method)."""
+
+    def __init__(self, source, budget: int, *, list_length: int | None = None):
+        self.source = source
+        n, d = source.n, source.d
+        self.budget = budget
+        if list_length is None:
+            list_length = max(1, min(budget, LIST_BYTES // (12 * d)))
+        self.length = max(1, min(n, list_length))
+        index_type = np.int32 if n < 2**31 else np.int64
+        self.index = np.empty((d, self.length), dtype=index_type)
+        self.value = np.empty((d, self.length))
+        self.size = [0] * d  # used entries of each list
+        self.complete = [False] * d  # list holds every row that was unselected when it was built
+        self.constant = [False] * d
+        self.position = [0] * d  # first unselected entry of each list
+        self.selected = np.zeros(n, dtype=bool)
+        self.lowest = 0  # lowest unselected row (candidate of constant columns)
+        self.refills = 0
+        self.scans = 0
+        self._build()
+
+    def _build(self) -> None:
+        n, d = self.source.n, self.source.d
+        width = max(1, min(d, COLUMN_BLOCK_BYTES // (8 * n)))
+        for start in range(0, d, width):
+            stop = min(d, start + width)
+            block = self.source.columns(start, stop)
+            for j in range(start, stop):
+                column = block[j - start]
+                order = normalize.top_order(column, self.length)
+                self.index[j] = order
+                self.value[j] = column[order]
+                self.size[j] = self.length
+                self.complete[j] = self.length == n
+                self.constant[j] = bool(column.max() == column.min())
+            del block
+        self.head_index = self.index[:, 0].astype(np.int64)
+        self.head_value = self.value[:, 0].copy()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self, iterative: bool) -> list[int]:
+        d = self.source.d
+        selected = self.selected
+        r = np.zeros(d)
+        total = np.zeros(d)
+        order: list[int] = []
+        for step in range(1, self.budget + 1):
+            gain = self.head_value - r
+            best = gain.max()
+            columns = np.flatnonzero(gain == best)
+            if columns.size == 1:
+                pick = self._candidate(int(columns[0]), best, r)
+            else:
+                pick = min(self._candidate(int(j), best, r) for j in columns)
+            selected[pick] = True
+            order.append(pick)
+            if iterative:
+                total += self.source.row(pick)
+                r = total / step
+            for j in np.flatnonzero(self.head_index == pick):
+                self._advance(int(j))
+        return order
+
+    def _lowest_unselected(self) -> int:
+        while self.selected[self.lowest]:
+            self.lowest += 1
+        return self.lowest
+
+    def _candidate(self, j: int, best: np.float64, r: np.ndarray) -> int:
+        """Lowest unselected row i with fl(X_ij - r_j) == best (column j attains best)."""
+        if self.constant[j]:
+            return self._lowest_unselected()
+        selected = self.selected
+        index, value, size = self.index[j], self.value[j], self.size[j]
+        head = self.position[j]
+        rj = r[j]
+        k = head + 1
+        while k < size and selected[index[k]]:
+            k += 1
+        if k < size:
+            if value[k] - rj < best:  # the next unselected row falls short: head is alone
+                return int(index[head])
+        elif self.complete[j] or value[size - 1] - rj < best:
+            return int(index[head])  # no other unselected row in the list or beyond it ties
+        # Several rows tie. The tied entries form a prefix [head, end) of the list (values
+        # descend); find its end by bisection.
+        lo, hi = (k + 1 if k < size else size), size
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if value[mid] - rj < best:
+                hi = mid
+            else:
+                lo = mid + 1
+        end = lo
+        if end == size and not self.complete[j]:
+            # Rows beyond a truncated list may tie as well: decide on the whole column.
+            self.scans += 1
+            column = self.source.column(j)
+            return int(np.flatnonzero(((column - rj) == best) & ~selected)[0])
+        if value[head] == value[end - 1]:
+            return int(index[head])  # one value: the list orders it by index
+        tied = index[head:end]
+        return int(tied[~selected[tied]].min())
+
+    def _advance(self, j: int) -> None:
+        """Move column j's head past selected rows, refilling a truncated list if exhausted."""
+        selected = self.selected
+        k = self.position[j] + 1
+        while True:
+            index, size = self.index[j], self.size[j]
+            while k < size and selected[index[k]]:
+                k += 1
+            if k < size:
+                break
+            if self.complete[j]:  # every row is selected: the column is spent
+                self.position[j] = size
+                self.head_index[j] = -1
+                self.head_value[j] = -np.inf
+                return
+            self._refill(j)
+            k = 0
+        self.position[j] = k
+        self.head_index[j] = index[k]
+        self.head_value[j] = self.value[j, k]
+
+    def _refill(self, j: int) -> None:
+        """Rebuild column j's list from its unselected rows (only for truncated lists)."""
+        self.refills += 1
+        column = self.source.column(j)
+        unselected = np.flatnonzero(~self.selected)
+        values = column[unselected]
+        length = min(self.length, unselected.size)
+        order = normalize.top_order(values, length)
+        self.index[j, :length] = unselected[order]
+        self.value[j, :length] = values[order]
+        self.size[j] = length
+        self.complete[j] = length == unselected.size
+        self.position[j] = 0
+
+
+def bids_order(
+    matrix: np.ndarray,
+    stats: ColumnStats,
+    groups: TaskGroups,
+    budget: int,
+    *,
+    granularity: str = "instance",
+    normalize_columns: bool = True,
+    iterative: bool = True,
+    list_length: int | None = None,
+) -> list[int]:
+    """The ordered BIDS selection, equal to `naive.naive_bids` with the same arguments.
+
+    `list_length` overrides the per-column list length (tests use it to force refills).
+    """
+    column_stats = stats if normalize_columns else None
+    if granularity == "task":
+        source = TaskSource(matrix, column_stats, groups)
+    else:
+        source = InstanceSource(matrix, column_stats)
+    return BidsEngine(source, budget, list_length=list_length).run(iterative)

@@ -1,0 +1,147 @@
+"""The arithmetic every reduction shares: column z-scores, task means and orderings.
+
+These functions *define* the numbers the selection is made from, and both the naive oracles
+(`selection.reduce.naive`) and the fast engines call them, so "exactly equal" has one meaning:
+
+- Everything is float64. A float16/32 entry converts to float64 exactly.
+- Column statistics (`column_stats`) are computed in row blocks of ROW_BLOCK rows starting at
+  row 0, whatever the memory layout or sharding of A: mean = (sum of the block sums) / N, then
+  the population variance = (sum of block sums of (A - mean)^2) / N (ddof=0) and std = sqrt.
+  A column is constant when its max equals its min (or its std is 0); its z-scores are 0.
+- z-score (`zscore`): Ã_ij = (A_ij - mean_j) / std_j, two correctly rounded IEEE operations
+  per entry, so any row or column of Ã can be recomputed alone, bit for bit.
+- Task means (`task_means`): tasks in sorted-name order; a task's mean is the running sum of
+  its columns in ascending column order, divided by their count. Also entrywise, so a block of
+  rows gives the same numbers as the whole matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from selection.reduce.base import ReductionError
+
+ROW_BLOCK = 8192  # rows per block; part of the definition of the column statistics
+
+
+@dataclass(frozen=True)
+class ColumnStats:
+    mean: np.ndarray  # (M,) float64
+    std: np.ndarray  # (M,) float64, population (ddof=0)
+    constant: np.ndarray  # (M,) bool: max == min (z-scores are 0)
+    scale: np.ndarray  # (M,) the divisor: std, or 1 for constant columns (then set to 0)
+
+
+def row_blocks(n: int, rows: int = ROW_BLOCK):
+    for start in range(0, n, rows):
+        yield start, min(n, start + rows)
+
+
+def as_float64_block(matrix: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) as a C-ordered float64 array (a view when A already is one)."""
+    return np.asarray(matrix[start:stop], dtype=np.float64, order="C")
+
+
+def _first_bad(block: np.ndarray, start: int) -> ReductionError:
+    row, column = np.argwhere(~np.isfinite(block))[0]
+    value = block[row, column]
+    return ReductionError(
+        f"non-finite value {value} at row {start + int(row)}, column {int(column)} "
+        "(0-based; the first one in row-major order); the matrix must be finite",
+        input="matrix",
+    )
+
+
+def column_stats(matrix: np.ndarray) -> ColumnStats:
+    """Mean, population std and constancy of every column, in two blocked passes over A.
+
+    Raises ReductionError naming the first non-finite entry (row-major order).
+    """
+    n, m = matrix.shape
+    total = np.zeros(m)
+    low = np.full(m, np.inf)
+    high = np.full(m, -np.inf)
+    for start, stop in row_blocks(n):
+        block = as_float64_block(matrix, start, stop)
+        if not np.isfinite(block).all():
+            raise _first_bad(block, start)
+        total += block.sum(axis=0)
+        np.minimum(low, block.min(axis=0), out=low)
+        np.maximum(high, block.max(axis=0), out=high)
+    mean = total / n
+    squares = np.zeros(m)
+    for start, stop in row_blocks(n):
+        deviation = as_float64_block(matrix, start, stop) - mean
+        squares += (deviation * deviation).sum(axis=0)
+    variance = squares / n
+    if not np.isfinite(variance).all():
+        column = int(np.flatnonzero(~np.isfinite(variance))[0])
+        raise ReductionError(
+            f"column {column}: values too large to z-score in float64 (variance overflows)",
+            input="matrix",
+        )
+    std = np.sqrt(variance)
+    constant = (high == low) | (std == 0)
+    return ColumnStats(mean=mean, std=std, constant=constant, scale=np.where(constant, 1.0, std))
+
+
+def zscore(block: np.ndarray, stats: ColumnStats, columns: slice | np.ndarray = slice(None)) -> np.ndarray:
+    """Ã for a float64 block of rows (all columns, or `columns` of them); returns a new array."""
+    out = (block - stats.mean[columns]) / stats.scale[columns]
+    out[..., stats.constant[columns]] = 0.0
+    return out
+
+
+@dataclass(frozen=True)
+class TaskGroups:
+    """Tasks in sorted-name order and the (ascending) columns of each."""
+
+    names: tuple[str, ...]
+    columns: tuple[np.ndarray, ...]
+    of_column: np.ndarray  # (M,) position of each column's task in `names`
+
+
+def task_groups(tasks: Sequence[str]) -> TaskGroups:
+    names = tuple(sorted(set(tasks)))
+    position = {name: k for k, name in enumerate(names)}
+    of_column = np.array([position[t] for t in tasks], dtype=np.int64)
+    columns = tuple(np.flatnonzero(of_column == k) for k in range(len(names)))
+    return TaskGroups(names=names, columns=columns, of_column=of_column)
+
+
+def task_means(block: np.ndarray, groups: TaskGroups) -> np.ndarray:
+    """(n, K) task means of a float64 (n, M) block: sequential sums in column order / count."""
+    transposed = np.ascontiguousarray(block.T)  # contiguous columns; values unchanged
+    out = np.empty((len(groups.names), block.shape[0]))
+    for k, columns in enumerate(groups.columns):
+        total = transposed[columns[0]].copy()
+        for column in columns[1:]:
+            total += transposed[column]
+        out[k] = total / len(columns)
+    return np.ascontiguousarray(out.T)
+
+
+def top_order(values: np.ndarray, count: int) -> np.ndarray:
+    """Positions of the `count` largest values, largest first, ties to the lower position.
+
+    Equivalent to sorted(range(n), key=lambda i: (-values[i], i))[:count], in O(n) plus a sort
+    of the `count` winners. The values must be free of NaN.
+    """
+    n = values.shape[0]
+    count = min(count, n)
+    if count <= 0:
+        return np.empty(0, dtype=np.int64)
+    if count < n:
+        threshold = np.partition(values, n - count)[n - count]  # the count-th largest value
+        above = np.flatnonzero(values > threshold)
+        equal = np.flatnonzero(values == threshold)[: count - above.size]
+        candidates = np.concatenate([above, equal])
+    else:
+        candidates = np.arange(n)
+    # Stable sort of an ascending index list by descending value: equal values keep index order
+    # (`above` and `equal` hold disjoint values, and each is ascending).
+    order = np.argsort(-values[candidates], kind="stable")
+    return candidates[order]

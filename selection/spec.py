@@ -1,0 +1,399 @@
+"""The `DataSelection` resource: one typed model shared by the CLI, the jobs and the operator.
+
+The same model validates `dsel run spec.yaml`, the job arguments and the Kubernetes resource,
+and generates the CRD's OpenAPI schema, so it only uses constructs JSON Schema can express.
+Field names are camelCase in YAML (Kubernetes convention) and snake_case in Python.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "dsel.dev"
+API_VERSION = "v1alpha1"
+KIND = "DataSelection"
+PLURAL = "dataselections"
+
+_K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; `problems` lists every (field path, message) found."""
+
+    def __init__(self, problems: list[tuple[str, str]], source: str | None = None):
+        self.problems = problems
+        self.source = source
+        where = f"{source}: " if source else ""
+        lines = [f"{where}{path}: {message}" for path, message in problems]
+        super().__init__("\n".join(lines))
+
+
+class _Section(BaseModel):
+    """Base for spec sections: camelCase aliases, unknown fields rejected (typos must not pass)."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class ModelSpec(_Section):
+    """Which causal LM to estimate influence with."""
+
+    source: str = Field(
+        description=(
+            "Model to load: a Hugging Face model name, a local directory, an s3://bucket/prefix "
+            "holding a saved model, or 'tiny:<preset>' for the built-in tiny models used by demos "
+            "and tests (presets: llama-demo, llama-small)."
+        ),
+        min_length=1,
+    )
+    revision: str | None = Field(
+        default=None, description="Hub revision (branch, tag or commit) when source is a hub name."
+    )
+    chat_template: Literal["auto", "plain"] = Field(
+        default="auto",
+        description=(
+            "How conversations become text. 'auto' uses the tokenizer's own chat template when it "
+            "has one and the plain template otherwise; 'plain' always uses dsel's documented plain "
+            "template ('<|role|>\\ncontent\\n' blocks, assistant turns ending in EOS)."
+        ),
+    )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="Compute dtype: 'auto' is bfloat16 on GPUs that support it and float32 on CPU.",
+    )
+
+
+class ValidationSetSpec(_Section):
+    """One validation file; each example belongs to exactly one task."""
+
+    uri: str = Field(description="JSONL file (local path or s3:// URI) in chat format.", min_length=1)
+    task: str | None = Field(
+        default=None,
+        description=(
+            "Task of every example in this file. When omitted, each line must carry a 'task' "
+            "field; when given, a line whose 'task' differs is an error."
+        ),
+    )
+
+
+class DataSpec(_Section):
+    """Training pool and validation sets."""
+
+    train: str = Field(
+        description=(
+            "Training pool: JSONL (local path or s3:// URI), one chat example per line. The "
+            "selection result addresses examples by their 0-based line number in this file."
+        ),
+        min_length=1,
+    )
+    validation: list[ValidationSetSpec] = Field(
+        description="Validation sets that define the target capabilities (tasks).", min_length=1
+    )
+    max_length: int = Field(
+        default=2048,
+        ge=8,
+        description="Tokens per example after templating; longer examples are truncated on the right.",
+    )
+
+
+class LoraSpec(_Section):
+    """LoRA adapter shape (LESS defaults)."""
+
+    r: int = Field(default=128, ge=1, description="LoRA rank.")
+    alpha: float = Field(default=512.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(
+        default=0.1, ge=0, lt=1, description="LoRA dropout during warmup (always off for gradients)."
+    )
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        min_length=1,
+        description="Module names that get adapters.",
+    )
+
+
+class WarmupSpec(_Section):
+    """LoRA warmup training on a random fraction of the pool (ALGORITHMS.md §2)."""
+
+    fraction: float = Field(
+        default=0.05, gt=0, le=1, description="Share of the pool used for warmup, drawn with `seed`."
+    )
+    epochs: int = Field(default=4, ge=1, le=100, description="Epochs; one checkpoint per epoch.")
+    learning_rate: float = Field(default=2e-5, gt=0, description="Peak AdamW learning rate.")
+    schedule: Literal["linear", "constant"] = Field(
+        default="linear", description="Learning-rate schedule after linear warmup."
+    )
+    warmup_ratio: float = Field(
+        default=0.03, ge=0, lt=1, description="Share of optimizer steps spent ramping the LR up."
+    )
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
+    beta1: float = Field(default=0.9, gt=0, lt=1, description="Adam beta1.")
+    beta2: float = Field(default=0.999, gt=0, lt=1, description="Adam beta2.")
+    eps: float = Field(default=1e-8, gt=0, description="Adam epsilon.")
+    effective_batch_size: int = Field(
+        default=128, ge=1, description="Examples per optimizer step (gradient accumulation fills it)."
+    )
+    micro_batch_size: int = Field(
+        default=4, ge=1, description="Examples per forward/backward; bounds memory, not the result."
+    )
+    seed: int = Field(default=0, ge=0, description="Seed for the warmup subset, data order and dropout.")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA adapter configuration.")
+
+
+class GradientsSpec(_Section):
+    """Per-example gradient features (ALGORITHMS.md §3)."""
+
+    projection_dim: int = Field(default=8192, ge=1, description="Dimension d of projected features.")
+    projection: Literal["rademacher", "countsketch"] = Field(
+        default="rademacher",
+        description=(
+            "Random projection: dense Rademacher (+-1/sqrt(d), generated in seeded blocks, never "
+            "as one p x d matrix) or CountSketch (each coordinate hashed to one bucket with a sign)."
+        ),
+    )
+    seed: int = Field(default=0, ge=0, description="Projection seed; the same in every shard.")
+    shards: int = Field(
+        default=1, ge=1, le=10000, description="Training-pool shards (parallel pods on Kubernetes)."
+    )
+    batch_size: int = Field(
+        default=8,
+        ge=1,
+        description=(
+            "Examples per gradient batch. Shard boundaries fall on multiples of it, so results "
+            "do not depend on the number of shards."
+        ),
+    )
+    train_type: Literal["adam", "sgd"] = Field(
+        default="adam",
+        description="Training-example features: Adam-preconditioned (LESS) or the plain gradient.",
+    )
+
+
+class SelectionSpec(_Section):
+    """How the attribution matrix becomes a subset (ALGORITHMS.md §5)."""
+
+    method: Literal["bids", "less", "quota", "random"] = Field(
+        default="bids", description="Reduction method."
+    )
+    budget: Union[int, float] = Field(
+        description=(
+            "How many examples to select: an integer count, or a fraction in (0, 1] of the pool "
+            "(write it with a decimal point, e.g. 0.05; count = floor(fraction x N))."
+        ),
+    )
+    granularity: Literal["instance", "task"] = Field(
+        default="instance",
+        description="BIDS: balance over validation instances (columns) or over task means.",
+    )
+    normalize: bool = Field(
+        default=True, description="BIDS: z-score each column over the pool first (ablation: false)."
+    )
+    iterative: bool = Field(
+        default=True, description="BIDS: update the running mean r after each pick (ablation: false)."
+    )
+    seed: int = Field(default=0, ge=0, description="Seed for the random method.")
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _budget_is_a_number(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("must be a fraction in (0, 1] or a positive count")
+        return value
+
+    @field_validator("budget")
+    @classmethod
+    def _budget_in_range(cls, value: int | float) -> int | float:
+        if isinstance(value, float):
+            if not math.isfinite(value) or not 0 < value <= 1:
+                raise ValueError("must be a fraction in (0, 1] or a positive count")
+        elif value < 1:
+            raise ValueError("must be a fraction in (0, 1] or a positive count")
+        return value
+
+
+class StorageSpec(_Section):
+    """Where artifacts live. Local directories work for `dsel run`; Kubernetes needs S3."""
+
+    uri: str | None = Field(
+        default=None,
+        description=(
+            "Artifact root: s3://bucket/prefix or a local directory. Default for `dsel run`: "
+            ".dsel/<name> under the working directory; the operator uses its configured default."
+        ),
+    )
+    endpoint: str | None = Field(
+        default=None, description="S3 endpoint URL for non-AWS stores (MinIO, SeaweedFS, Ceph)."
+    )
+    region: str | None = Field(default=None, description="S3 region.")
+    credentials_secret: str | None = Field(
+        default=None,
+        description=(
+            "Kubernetes Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, passed to pods as "
+            "env vars. Never copied into status, events or logs."
+        ),
+    )
+
+
+class TolerationSpec(_Section):
+    """A Kubernetes toleration, passed through to the pods."""
+
+    key: str | None = Field(default=None, description="Taint key.")
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Match operator.")
+    value: str | None = Field(default=None, description="Taint value (with Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to tolerate."
+    )
+    toleration_seconds: int | None = Field(default=None, description="For NoExecute taints.")
+
+
+class ResourcesSpec(_Section):
+    """Pod placement and size on Kubernetes (ignored by `dsel run`)."""
+
+    image: str | None = Field(default=None, description="Worker image; defaults to the operator's.")
+    gpus: int = Field(default=0, ge=0, description="nvidia.com/gpu per pod.")
+    cpu: str | None = Field(default=None, description="CPU request per pod, e.g. '4'.")
+    memory: str | None = Field(default=None, description="Memory request per pod, e.g. '32Gi'.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Pod node selector.")
+    tolerations: list[TolerationSpec] = Field(default_factory=list, description="Pod tolerations.")
+    queue_name: str | None = Field(
+        default=None, description="Kueue LocalQueue; sets the kueue.x-k8s.io/queue-name label."
+    )
+    backoff_limit_per_index: int = Field(
+        default=2, ge=0, description="Retries of one extraction shard before the selection fails."
+    )
+
+
+class DataSelectionSpec(_Section):
+    """What to select from, with which model, and how."""
+
+    model: ModelSpec = Field(description="The model whose gradients measure influence.")
+    data: DataSpec = Field(description="Training pool and validation sets.")
+    warmup: WarmupSpec = Field(default_factory=WarmupSpec, description="LoRA warmup training.")
+    gradients: GradientsSpec = Field(default_factory=GradientsSpec, description="Gradient features.")
+    selection: SelectionSpec = Field(description="Reduction method and budget.")
+    storage: StorageSpec = Field(default_factory=StorageSpec, description="Artifact storage.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Kubernetes pods.")
+
+    @model_validator(mode="after")
+    def _tasks_are_known(self) -> "DataSelectionSpec":
+        named = [v.task for v in self.data.validation if v.task is not None]
+        for task in named:
+            if not task.strip():
+                raise ValueError("data.validation: task names must not be blank")
+        return self
+
+
+class ObjectMeta(BaseModel):
+    """The parts of Kubernetes metadata dsel uses; everything else is kept as is."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(description="Resource name; also names the artifacts and Jobs.")
+    namespace: str | None = Field(default=None, description="Kubernetes namespace.")
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if len(value) > 48 or not _K8S_NAME.match(value):
+            raise ValueError(
+                "must be a DNS label of at most 48 characters (lowercase letters, digits, '-'), "
+                "so that '<name>-extract' Job names stay valid"
+            )
+        return value
+
+
+class DataSelection(BaseModel):
+    """The whole resource, as `kubectl apply` and `dsel run` read it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    api_version: Literal["dsel.dev/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["DataSelection"]
+    metadata: ObjectMeta
+    spec: DataSelectionSpec
+    status: dict[str, Any] | None = Field(default=None, exclude=True)
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def spec_dict(self) -> dict[str, Any]:
+        """The spec with defaults filled in, camelCase, JSON-able: what jobs receive."""
+        return self.spec.model_dump(mode="json", by_alias=True)
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The resource as a Kubernetes manifest (defaults filled in)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    """Turn a pydantic error location into a dotted path like spec.selection.budget."""
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("int", "float") or str(item).startswith("function-"):
+            continue  # union member names, not fields
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def _problems(error: ValidationError) -> list[tuple[str, str]]:
+    seen: dict[str, str] = {}
+    for item in error.errors():
+        path = _field_path(item["loc"]) or "(document)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        seen.setdefault(path, message)  # union members repeat the same path
+    return list(seen.items())
+
+
+def parse_selection(document: Any, source: str | None = None) -> DataSelection:
+    """Validate a parsed document; raises SpecError listing every problem with its field path."""
+    if not isinstance(document, dict):
+        raise SpecError([("(document)", "expected a mapping with apiVersion, kind, metadata, spec")], source)
+    try:
+        return DataSelection.model_validate(document)
+    except ValidationError as error:
+        raise SpecError(_problems(error), source) from None
+
+
+def load_selection(path: str | Path) -> DataSelection:
+    """Read and validate a spec file (YAML or JSON)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise SpecError([("(file)", f"cannot read: {error.strerror or error}")], str(path)) from None
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(document)"
+        raise SpecError([(where, f"not valid YAML: {getattr(error, 'problem', error)}")], str(path)) from None
+    if len(documents) != 1:
+        raise SpecError([("(document)", f"expected exactly one YAML document, found {len(documents)}")], str(path))
+    return parse_selection(documents[0], source=str(path))
+
+
+def spec_fingerprint(part: Any) -> str:
+    """A stable hash of a JSON-able value: artifacts record it to refuse mixing runs."""
+    import hashlib
+
+    canonical = json.dumps(part, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """JSON Schema of the spec section (camelCase), the basis of the CRD's OpenAPI schema."""
+    return DataSelectionSpec.model_json_schema(by_alias=True, mode="validation")
