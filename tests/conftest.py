@@ -34,3 +34,11 @@ def s3_bucket(s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> tuple[Se
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
     bucket = s3_server.make_bucket(f"test-{uuid.uuid4().hex[:16]}")
     return s3_server, bucket
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tests build and download models into a session tmp dir, never into ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DSEL_CACHE_DIR", str(tmp_path_factory.mktemp("model-cache")))
+        yield

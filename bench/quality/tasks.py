@@ -47,6 +47,11 @@ class Item:
     answer: str
     narrative: str
 
+    @property
+    def key(self) -> str:
+        """Identity for de-duplication (tasks: the question decides the answer; chatter: both)."""
+        return f"{self.question}\n{self.answer}"
+
 
 def _add(rng: random.Random) -> Item:
     a = rng.randint(10, 999)
@@ -148,7 +153,7 @@ class Datasets:
 
 
 def _unique(task: str, rng: random.Random, count: int, seen: set[str]) -> list[Item]:
-    """`count` items of `task` whose questions are not in `seen` (which is updated)."""
+    """`count` items of `task` whose keys are not in `seen` (which is updated)."""
     items: list[Item] = []
     attempts = 0
     while len(items) < count:
@@ -156,9 +161,9 @@ def _unique(task: str, rng: random.Random, count: int, seen: set[str]) -> list[I
         if attempts > 200 * count + 1000:
             raise RuntimeError(f"cannot draw {count} distinct '{task}' questions")
         item = make_item(task, rng)
-        if item.question in seen:
+        if item.key in seen:
             continue
-        seen.add(item.question)
+        seen.add(item.key)
         items.append(item)
     return items
 
@@ -173,11 +178,11 @@ def test_sets(sizes: PoolSizes, seed: int = 10_000) -> dict[str, list[Item]]:
 def build_datasets(sizes: PoolSizes, seed: int) -> Datasets:
     """Pool (shuffled; tasks in equal shares, plus distractors), validation and test sets.
 
-    No question appears twice anywhere, and the pool and validation sets never contain a test
+    No task question appears twice anywhere, and the pool and validation sets never contain a test
     question, so the held-out accuracy measures generalization, not memorization.
     """
     test = test_sets(sizes)
-    seen = {item.question for items in test.values() for item in items}
+    seen = {item.key for items in test.values() for item in items}
     rng = random.Random(seed)
     distractors = int(round(sizes.pool * sizes.distractor_share))
     per_task = (sizes.pool - distractors) // len(TASKS)

@@ -130,5 +130,7 @@ def compute_features(
 
 
 def default_extractor() -> FeatureExtractor:
-    """The extractor the pipeline uses."""
-    return ReferenceExtractor()
+    """The extractor the pipeline uses: the batched engine (one backward per batch)."""
+    from selection.gradients.engine import LoraGradientEngine
+
+    return LoraGradientEngine()

@@ -1,14 +1,32 @@
 """Seeded random projections that never hold a dense p x d matrix they cannot afford.
 
-The matrix is defined block by block: rows [b*R, (b+1)*R) of P (p x d) come from a generator
-seeded with (seed, b, kind), so every process with the same seed sees the same P whatever its
-shard, and a block can be regenerated on demand instead of kept.
+P is a p x d matrix (a row per gradient coordinate). Both kinds define it row block by row block:
+rows [b*R, (b+1)*R) (R = `BLOCK_ROWS`) come from a Philox generator seeded with
+(seed, b, kind), drawn on the CPU with numpy. So every process with the same seed sees the same P,
+whatever its shard, device or thread count, and any block can be regenerated on demand.
+
+- `RademacherProjector` (the reference option, as LESS/TRAK): dense, entries +-1/sqrt(d). Block b
+  is `BLOCK_ROWS*d/8` random bytes; each byte gives 8 consecutive row-major entries, most
+  significant bit first, 1 -> +1/sqrt(d) and 0 -> -1/sqrt(d). Projecting costs p*d entries per call
+  (generated blocks are cached up to 1 GiB, the rest regenerated), so it dominates extraction on
+  CPU once p is large (docs/PERFORMANCE_NOTES.md).
+- `CountSketchProjector` (the fast option): row i of P has a single nonzero, a random sign s(i) in
+  column h(i). Block b draws R buckets (integers in [0, d)) and then R signs (bits, 1 -> +1).
+  O(p) memory and O(p) work per vector. For any two vectors its inner-product estimate is unbiased
+  with exactly the same variance as the dense Rademacher one,
+  (|x|^2 |y|^2 + <x,y>^2 - 2 sum_i x_i^2 y_i^2) / d, so cosines are preserved as well
+  (bench/gradients.py measures both against the exact cosines).
+- `IdentityProjector`: d = p, no projection; tests and the benchmark use it to see raw gradients.
+
+Every projector maps (B, p) to (B, d) with `project`. Those that can also take a slice of the
+coordinates (`project_segment`: out += x[:, offset:offset+n] @ P[offset:offset+n]) let the
+gradient engine project layer by layer without ever concatenating a full gradient.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -17,6 +35,7 @@ BLOCK_ROWS = 4096
 DEFAULT_CACHE_BYTES = 1 << 30  # keep generated blocks up to 1 GiB; regenerate beyond
 
 
+@runtime_checkable
 class Projector(Protocol):
     """Maps flattened gradients (B, p) to features (B, d)."""
 
@@ -26,8 +45,25 @@ class Projector(Protocol):
     def project(self, vectors: torch.Tensor) -> torch.Tensor: ...
 
 
+@runtime_checkable
+class SegmentProjector(Projector, Protocol):
+    """A projector that can project a contiguous slice of the coordinates on its own."""
+
+    def project_segment(self, segment: torch.Tensor, offset: int, out: torch.Tensor, *, consume: bool = False) -> None:
+        """out (B, d) += segment (B, n) @ P[offset : offset + n] (float32).
+
+        consume=True lets the projector overwrite `segment` (a scratch buffer) instead of copying it.
+        """
+        ...
+
+
 def _block_rng(seed: int, block: int, kind: int) -> np.random.Generator:
     return np.random.Generator(np.random.Philox(np.random.SeedSequence([seed, block, kind])))
+
+
+def _check_dims(input_dim: int, output_dim: int) -> None:
+    if input_dim < 1 or output_dim < 1:
+        raise ValueError(f"projection dimensions must be positive, got p={input_dim}, d={output_dim}")
 
 
 class RademacherProjector:
@@ -36,31 +72,62 @@ class RademacherProjector:
     KIND = 1
 
     def __init__(self, input_dim: int, output_dim: int, seed: int, *, cache_bytes: int = DEFAULT_CACHE_BYTES):
+        _check_dims(input_dim, output_dim)
         self.input_dim, self.output_dim, self.seed = input_dim, output_dim, seed
         self.blocks = math.ceil(input_dim / BLOCK_ROWS)
         block_bytes = BLOCK_ROWS * output_dim * 4
         self._cache_limit = max(0, cache_bytes // block_bytes)
-        self._cache: dict[int, torch.Tensor] = {}
+        self._cache: dict[tuple[int, torch.device], torch.Tensor] = {}
+        self._last: tuple[tuple[int, torch.device], torch.Tensor] | None = None  # a block straddling segments
+        scale = 1.0 / math.sqrt(output_dim)
+        bits = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1)  # (256, 8), MSB first
+        self._byte_table = torch.from_numpy(np.where(bits == 1, scale, -scale).astype(np.float32))
+        self.largest_block_bytes = 0  # the largest dense block this projector has materialized
 
-    def block(self, index: int) -> torch.Tensor:
-        """Rows [index*BLOCK_ROWS, ...) of P as float32 (R, d)."""
-        cached = self._cache.get(index)
-        if cached is not None:
-            return cached
-        rows = min(BLOCK_ROWS, self.input_dim - index * BLOCK_ROWS)
-        bits = _block_rng(self.seed, index, self.KIND).integers(0, 2, size=(rows, self.output_dim), dtype=np.int8)
-        matrix = torch.from_numpy((bits.astype(np.float32) * 2 - 1) / math.sqrt(self.output_dim))
-        if len(self._cache) < self._cache_limit:
-            self._cache[index] = matrix
+    def _rows(self, index: int) -> int:
+        return min(BLOCK_ROWS, self.input_dim - index * BLOCK_ROWS)
+
+    def _generate(self, index: int) -> torch.Tensor:
+        rows = self._rows(index)
+        entries = rows * self.output_dim
+        raw = _block_rng(self.seed, index, self.KIND).bytes(math.ceil(entries / 8))
+        codes = torch.frombuffer(bytearray(raw), dtype=torch.uint8).long()
+        matrix = self._byte_table.index_select(0, codes).reshape(-1)[:entries].reshape(rows, self.output_dim)
+        self.largest_block_bytes = max(self.largest_block_bytes, matrix.numel() * 4)
         return matrix
 
+    def block(self, index: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Rows [index*BLOCK_ROWS, ...) of P as float32 (R, d) on `device`."""
+        key = (index, torch.device(device))
+        cached = self._cache.get(key)
+        if cached is None and self._last is not None and self._last[0] == key:
+            cached = self._last[1]
+        if cached is not None:
+            return cached
+        matrix = self._generate(index).to(key[1])
+        if len(self._cache) < self._cache_limit:
+            self._cache[key] = matrix
+        else:
+            self._last = (key, matrix)
+        return matrix
+
+    def project_segment(self, segment: torch.Tensor, offset: int, out: torch.Tensor, *, consume: bool = False) -> None:
+        stop = offset + segment.shape[1]
+        if offset < 0 or stop > self.input_dim:
+            raise ValueError(f"segment [{offset}, {stop}) is outside the projection's input 0..{self.input_dim}")
+        segment = segment.float()
+        position = offset
+        while position < stop:
+            index = position // BLOCK_ROWS
+            block = self.block(index, out.device)
+            first = position - index * BLOCK_ROWS
+            last = min(stop - index * BLOCK_ROWS, block.shape[0])
+            out.addmm_(segment[:, position - offset : position - offset + last - first], block[first:last])
+            position = index * BLOCK_ROWS + last
+
     def project(self, vectors: torch.Tensor) -> torch.Tensor:
-        vectors = vectors.float()
         out = torch.zeros(vectors.shape[0], self.output_dim, dtype=torch.float32, device=vectors.device)
-        for index in range(self.blocks):
-            start = index * BLOCK_ROWS
-            block = self.block(index).to(vectors.device)
-            out += vectors[:, start : start + block.shape[0]] @ block
+        self.project_segment(vectors, 0, out)
         return out
 
 
@@ -70,22 +137,80 @@ class CountSketchProjector:
     KIND = 2
 
     def __init__(self, input_dim: int, output_dim: int, seed: int):
+        _check_dims(input_dim, output_dim)
+        if output_dim > np.iinfo(np.int32).max:
+            raise ValueError(f"countsketch: d={output_dim} does not fit 32-bit bucket indices")
         self.input_dim, self.output_dim, self.seed = input_dim, output_dim, seed
-        buckets, signs = [], []
+        # 5 bytes per coordinate (int32 bucket, int8 sign); widened per segment when used.
+        self.buckets = torch.empty(input_dim, dtype=torch.int32)
+        self.signs = torch.empty(input_dim, dtype=torch.int8)
         for index in range(math.ceil(input_dim / BLOCK_ROWS)):
-            rows = min(BLOCK_ROWS, input_dim - index * BLOCK_ROWS)
+            start = index * BLOCK_ROWS
+            rows = min(BLOCK_ROWS, input_dim - start)
             rng = _block_rng(seed, index, self.KIND)
-            buckets.append(rng.integers(0, output_dim, size=rows, dtype=np.int64))
-            signs.append(rng.integers(0, 2, size=rows, dtype=np.int8).astype(np.float32) * 2 - 1)
-        self.buckets = torch.from_numpy(np.concatenate(buckets))
-        self.signs = torch.from_numpy(np.concatenate(signs))
+            self.buckets[start : start + rows] = torch.from_numpy(
+                rng.integers(0, output_dim, size=rows, dtype=np.int64).astype(np.int32)
+            )
+            self.signs[start : start + rows] = torch.from_numpy(rng.integers(0, 2, size=rows, dtype=np.int8) * 2 - 1)
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._buffers: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.largest_block_bytes = 0  # never materializes a dense block
+
+    def _tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        tables = self._on_device.get(device)
+        if tables is None:
+            tables = (self.buckets.to(device), self.signs.to(device))
+            self._on_device[device] = tables
+        return tables
+
+    def project_segment(self, segment: torch.Tensor, offset: int, out: torch.Tensor, *, consume: bool = False) -> None:
+        stop = offset + segment.shape[1]
+        if offset < 0 or stop > self.input_dim:
+            raise ValueError(f"segment [{offset}, {stop}) is outside the projection's input 0..{self.input_dim}")
+        buckets, signs = self._tables(out.device)
+        n = stop - offset
+        index, sign = self._scratch(out.device, n)
+        index.copy_(buckets[offset:stop])
+        sign.copy_(signs[offset:stop])
+        if consume and segment.dtype == torch.float32:
+            signed = segment.mul_(sign)
+        else:
+            signed = segment.float() * sign
+        # scatter_add_ with a broadcast index: measured ~10x faster on CPU than index_add_ along dim 1.
+        out.scatter_add_(1, index.expand(segment.shape[0], -1), signed)
+
+    def _scratch(self, device: torch.device, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reused int64 index and float32 sign buffers (fresh large CPU allocations page-fault)."""
+        index, sign = self._buffers.get(device, (None, None))
+        if index is None or index.numel() < n:
+            index = torch.empty(n, dtype=torch.int64, device=device)
+            sign = torch.empty(n, dtype=torch.float32, device=device)
+            self._buffers[device] = (index, sign)
+        return index[:n], sign[:n]
 
     def project(self, vectors: torch.Tensor) -> torch.Tensor:
-        vectors = vectors.float()
-        signed = vectors * self.signs.to(vectors.device)
         out = torch.zeros(vectors.shape[0], self.output_dim, dtype=torch.float32, device=vectors.device)
-        index = self.buckets.to(vectors.device).expand(vectors.shape[0], -1)
-        return out.scatter_add_(1, index, signed)
+        self.project_segment(vectors, 0, out)
+        return out
+
+
+class IdentityProjector:
+    """No projection (d = p): exposes raw per-example gradients to tests and benchmarks."""
+
+    largest_block_bytes = 0
+
+    def __init__(self, input_dim: int):
+        _check_dims(input_dim, input_dim)
+        self.input_dim = self.output_dim = input_dim
+
+    def project_segment(self, segment: torch.Tensor, offset: int, out: torch.Tensor, *, consume: bool = False) -> None:
+        out[:, offset : offset + segment.shape[1]] += segment.float()
+
+    def project(self, vectors: torch.Tensor) -> torch.Tensor:
+        return vectors.float().clone()
+
+
+PROJECTIONS = ("rademacher", "countsketch")
 
 
 def make_projector(kind: str, input_dim: int, output_dim: int, seed: int) -> Projector:
@@ -93,4 +218,4 @@ def make_projector(kind: str, input_dim: int, output_dim: int, seed: int) -> Pro
         return RademacherProjector(input_dim, output_dim, seed)
     if kind == "countsketch":
         return CountSketchProjector(input_dim, output_dim, seed)
-    raise ValueError(f"gradients.projection: unknown projection '{kind}'")
+    raise ValueError(f"gradients.projection: unknown projection '{kind}' (known: {', '.join(PROJECTIONS)})")

@@ -168,6 +168,21 @@ class StageContext:
     def _validation_digest(self) -> list[list[str]]:
         return [[e.task or "", data.sha256_hex(e.raw.encode())] for e in self.validation_examples]
 
+    def preflight(self) -> int:
+        """Read and check every input before expensive work; returns the budget as a count.
+
+        The first stage calls it, so bad data or an impossible budget fails in seconds instead
+        of after warmup and extraction.
+        """
+        from selection.reduce import ReductionError, resolve_budget
+
+        pool = len(self.train_examples)
+        self.validation_examples
+        try:
+            return resolve_budget(self.spec.selection.budget, pool)
+        except ReductionError as error:
+            raise spec_module.SpecError([("spec.selection.budget", str(error))]) from None
+
     # --- model ----------------------------------------------------------------------------
     def load_model(self):
         """A fresh (model, tokenizer) pair; stages wrap the model with LoRA themselves."""

@@ -15,6 +15,7 @@ def run(ctx: StageContext, progress: Callable[[int, int], None] | None = None) -
     """Train (or resume) the warmup; returns the checkpoint prefixes."""
     from selection import warmup
 
+    ctx.preflight()
     spec = ctx.spec.warmup
     store = ctx.artifacts
     fingerprint = ctx.warmup_fingerprint

@@ -27,17 +27,22 @@ never runs out. A shorter list is refilled from the full column when exhausted, 
 prefix runs to the end of a truncated list the whole column is scanned exactly; both are rare
 (heavy ties) and correct. A constant column ties every unselected row, so its candidate is the
 lowest unselected index overall. Building the lists reads A column-block by column-block in
-row blocks (no transposed copy of A), one float64 column block of at most COLUMN_BLOCK_BYTES.
+row blocks (no transposed copy of A: one column block of at most COLUMN_BLOCK_BYTES at a time).
 """
 
 from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from selection.reduce import normalize
 from selection.reduce.normalize import ColumnStats, TaskGroups
 
-COLUMN_BLOCK_BYTES = 256 * 2**20  # float64 column block used while building the lists
+COLUMN_BLOCK_BYTES = 256 * 2**20  # column block of A (in its dtype) read while building lists
+PARALLEL_ROWS = 50_000  # below this, threads cost more than they save
+TRANSPOSE_ROWS = 1024  # rows per step of that read: measured fastest on this machine
 LIST_BYTES = 3 * 2**30  # cap on the per-column lists (index + value = 12 bytes per entry)
 
 
@@ -48,26 +53,33 @@ class InstanceSource:
         self.matrix = matrix
         self.stats = stats
         self.n, self.d = matrix.shape
+        self.itemsize = matrix.dtype.itemsize
 
     def row(self, i: int) -> np.ndarray:
         values = np.asarray(self.matrix[i], dtype=np.float64)
         return values.copy() if self.stats is None else normalize.zscore(values, self.stats)
 
     def column(self, j: int) -> np.ndarray:
-        values = np.asarray(self.matrix[:, j], dtype=np.float64)
-        if self.stats is None:
-            return values.copy()
-        return normalize.zscore(values[:, None], self.stats, slice(j, j + 1))[:, 0]
+        return self.finish(self.matrix[:, j], j)
 
-    def columns(self, start: int, stop: int) -> np.ndarray:
-        """Columns [start, stop) as a (stop - start, N) float64 array, read in row blocks."""
-        out = np.empty((stop - start, self.n))
-        for lo, hi in normalize.row_blocks(self.n):
-            block = np.asarray(self.matrix[lo:hi, start:stop], dtype=np.float64)
-            if self.stats is not None:
-                block = normalize.zscore(block, self.stats, slice(start, stop))
-            out[:, lo:hi] = block.T
+    def raw_columns(self, start: int, stop: int) -> np.ndarray:
+        """Columns [start, stop) of A as a contiguous (stop - start, N) array in A's dtype.
+
+        Row blocks of TRANSPOSE_ROWS keep the strided reads and transposed writes in cache."""
+        out = np.empty((stop - start, self.n), dtype=self.matrix.dtype)
+        for lo, hi in normalize.row_blocks(self.n, TRANSPOSE_ROWS):
+            out[:, lo:hi] = self.matrix[lo:hi, start:stop].T
         return out
+
+    def finish(self, raw: np.ndarray, j: int) -> np.ndarray:
+        """X[:, j] in float64 from column j of A (the same entrywise arithmetic as `zscore`)."""
+        if self.stats is None:
+            return np.array(raw, dtype=np.float64)
+        if self.stats.constant[j]:
+            return np.zeros(self.n)
+        values = np.subtract(raw, self.stats.mean[j], dtype=np.float64)  # float64 operands
+        values /= self.stats.scale[j]
+        return values
 
 
 class TaskSource:
@@ -76,6 +88,7 @@ class TaskSource:
     def __init__(self, matrix: np.ndarray, stats: ColumnStats | None, groups: TaskGroups):
         self.n = matrix.shape[0]
         self.d = len(groups.names)
+        self.itemsize = 8
         self.values = np.empty((self.d, self.n))  # column-major: one contiguous row per task
         for lo, hi in normalize.row_blocks(self.n):
             block = normalize.as_float64_block(matrix, lo, hi)
@@ -89,8 +102,11 @@ class TaskSource:
     def column(self, j: int) -> np.ndarray:
         return self.values[j].copy()
 
-    def columns(self, start: int, stop: int) -> np.ndarray:
+    def raw_columns(self, start: int, stop: int) -> np.ndarray:
         return self.values[start:stop]
+
+    def finish(self, raw: np.ndarray, j: int) -> np.ndarray:
+        return raw
 
 
 class BidsEngine:
@@ -118,21 +134,31 @@ class BidsEngine:
 
     def _build(self) -> None:
         n, d = self.source.n, self.source.d
-        width = max(1, min(d, COLUMN_BLOCK_BYTES // (8 * n)))
-        for start in range(0, d, width):
-            stop = min(d, start + width)
-            block = self.source.columns(start, stop)
-            for j in range(start, stop):
-                column = block[j - start]
-                order = normalize.top_order(column, self.length)
-                self.index[j] = order
-                self.value[j] = column[order]
-                self.size[j] = self.length
-                self.complete[j] = self.length == n
-                self.constant[j] = bool(column.max() == column.min())
-            del block
+        width = max(1, min(d, COLUMN_BLOCK_BYTES // (self.source.itemsize * n)))
+        # Columns are independent: two threads (numpy releases the GIL in sorts and ufuncs)
+        # each fill their own rows of the lists, so the result does not depend on scheduling.
+        threads = min(2, os.cpu_count() or 1) if n >= PARALLEL_ROWS else 1
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for start in range(0, d, width):
+                stop = min(d, start + width)
+                block = self.source.raw_columns(start, stop)
+                if threads == 1:
+                    for j in range(start, stop):
+                        self._build_column(j, block[j - start])
+                else:
+                    list(pool.map(lambda j: self._build_column(j, block[j - start]), range(start, stop)))
+                del block
         self.head_index = self.index[:, 0].astype(np.int64)
         self.head_value = self.value[:, 0].copy()
+
+    def _build_column(self, j: int, raw: np.ndarray) -> None:
+        column = self.source.finish(raw, j)
+        order = normalize.top_order(column, self.length)
+        self.index[j] = order
+        self.value[j] = column[order]
+        self.size[j] = self.length
+        self.complete[j] = self.length == self.source.n
+        self.constant[j] = bool(column.max() == column.min())
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -152,6 +178,8 @@ class BidsEngine:
                 pick = min(self._candidate(int(j), best, r) for j in columns)
             selected[pick] = True
             order.append(pick)
+            if step == self.budget:
+                break  # no need to move r or the heads (a spent list would refill in vain)
             if iterative:
                 total += self.source.row(pick)
                 r = total / step

@@ -4,7 +4,7 @@ These functions *define* the numbers the selection is made from, and both the na
 (`selection.reduce.naive`) and the fast engines call them, so "exactly equal" has one meaning:
 
 - Everything is float64. A float16/32 entry converts to float64 exactly.
-- Column statistics (`column_stats`) are computed in row blocks of ROW_BLOCK rows starting at
+- Column statistics (`column_stats`) are computed in row blocks of STATS_ROW_BLOCK rows from
   row 0, whatever the memory layout or sharding of A: mean = (sum of the block sums) / N, then
   the population variance = (sum of block sums of (A - mean)^2) / N (ddof=0) and std = sqrt.
   A column is constant when its max equals its min (or its std is 0); its z-scores are 0.
@@ -24,7 +24,8 @@ import numpy as np
 
 from selection.reduce.base import ReductionError
 
-ROW_BLOCK = 8192  # rows per block; part of the definition of the column statistics
+STATS_ROW_BLOCK = 512  # rows per block of the column statistics: part of their definition
+ROW_BLOCK = 4096  # rows per block of entrywise passes (any size gives the same numbers)
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def column_stats(matrix: np.ndarray) -> ColumnStats:
     total = np.zeros(m)
     low = np.full(m, np.inf)
     high = np.full(m, -np.inf)
-    for start, stop in row_blocks(n):
+    for start, stop in row_blocks(n, STATS_ROW_BLOCK):
         block = as_float64_block(matrix, start, stop)
         if not np.isfinite(block).all():
             raise _first_bad(block, start)
@@ -73,7 +74,7 @@ def column_stats(matrix: np.ndarray) -> ColumnStats:
         np.maximum(high, block.max(axis=0), out=high)
     mean = total / n
     squares = np.zeros(m)
-    for start, stop in row_blocks(n):
+    for start, stop in row_blocks(n, STATS_ROW_BLOCK):
         deviation = as_float64_block(matrix, start, stop) - mean
         squares += (deviation * deviation).sum(axis=0)
     variance = squares / n
@@ -141,7 +142,19 @@ def top_order(values: np.ndarray, count: int) -> np.ndarray:
         candidates = np.concatenate([above, equal])
     else:
         candidates = np.arange(n)
-    # Stable sort of an ascending index list by descending value: equal values keep index order
-    # (`above` and `equal` hold disjoint values, and each is ascending).
-    order = np.argsort(-values[candidates], kind="stable")
-    return candidates[order]
+    keys = -values[candidates]
+    # An unstable sort is 4-5x faster than a stable one; the tied entries (equal values) are
+    # then put back in position order: one lexsort of just those entries by (run, position).
+    order = np.argsort(keys, kind="quicksort")
+    ranked = candidates[order]
+    sorted_keys = keys[order]
+    tied = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])
+    if tied.size:
+        member = np.zeros(ranked.size, dtype=bool)
+        member[tied] = True
+        member[tied + 1] = True
+        slots = np.flatnonzero(member)  # runs of equal values occupy contiguous slots
+        run = np.cumsum(np.concatenate([[0], sorted_keys[slots[1:]] != sorted_keys[slots[:-1]]]))
+        entries = ranked[slots]
+        ranked[slots] = entries[np.lexsort((entries, run))]
+    return ranked

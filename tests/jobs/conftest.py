@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import pytest
 import yaml
 
 from selection.spec import DataSelection, parse_selection
@@ -23,9 +22,3 @@ def demo_resource(**overrides) -> DataSelection:
             node = node.setdefault(key, {})
         node[leaf] = copy.deepcopy(value)
     return parse_selection(document)
-
-
-@pytest.fixture
-def model_cache(tmp_path_factory) -> Path:
-    """One tiny-model cache per session run of these tests (building it takes a second)."""
-    return tmp_path_factory.getbasetemp() / "model-cache"

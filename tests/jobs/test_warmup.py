@@ -12,8 +12,8 @@ from selection.warmup import load_checkpoint, warmup_indices
 from tests.jobs.conftest import DEMO_DIR, demo_resource
 
 
-def context(resource, store, cache) -> StageContext:
-    return StageContext(JobArgs(resource, str(store), base_dir=str(DEMO_DIR), cache_dir=str(cache)))
+def context(resource, store) -> StageContext:
+    return StageContext(JobArgs(resource, str(store), base_dir=str(DEMO_DIR)))
 
 
 def test_warmup_subset_is_seeded_and_sized():
@@ -23,8 +23,8 @@ def test_warmup_subset_is_seeded_and_sized():
     assert len(warmup_indices(10, 0.01, 0)) == 1
 
 
-def test_checkpoints_hold_name_keyed_adam_state(tmp_path, model_cache):
-    ctx = context(demo_resource(), tmp_path / "store", model_cache)
+def test_checkpoints_hold_name_keyed_adam_state(tmp_path):
+    ctx = context(demo_resource(), tmp_path / "store")
     try:
         warmup_stage.run(ctx)
         first = load_checkpoint(ctx.artifacts.fetch(artifacts.checkpoint_prefix(0)))
@@ -39,9 +39,9 @@ def test_checkpoints_hold_name_keyed_adam_state(tmp_path, model_cache):
     assert 0 < first.mean_lr <= 1e-3 and 0 < second.mean_lr < first.mean_lr  # linear decay
 
 
-def test_resumed_warmup_equals_an_uninterrupted_one(tmp_path, model_cache):
-    whole = context(demo_resource(), tmp_path / "whole", model_cache)
-    resumed = context(demo_resource(), tmp_path / "resumed", model_cache)
+def test_resumed_warmup_equals_an_uninterrupted_one(tmp_path):
+    whole = context(demo_resource(), tmp_path / "whole")
+    resumed = context(demo_resource(), tmp_path / "resumed")
     try:
         warmup_stage.run(whole)
         # simulate a crash after epoch 0: copy only that checkpoint into a fresh store

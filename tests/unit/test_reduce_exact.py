@@ -110,6 +110,27 @@ def test_reduce_matrix_matches_every_oracle_and_composition():
             assert sum(result.composition.values()) == budget
 
 
+def test_short_lists_exercise_refills_and_whole_column_scans():
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 2, (60, 4)).astype(np.float64)  # two values: long tied prefixes
+    tasks = ["a", "a", "b", "b"]
+    stats, groups = normalize.column_stats(a), normalize.task_groups(tasks)
+    expected = naive.naive_bids(a, tasks, 60)
+    engine = bids.BidsEngine(bids.InstanceSource(a, stats), 60, list_length=2)
+    assert engine.run(iterative=True) == expected
+    assert engine.refills > 0 and engine.scans > 0
+
+
+def test_top_order_with_many_ties():
+    rng = np.random.default_rng(8)
+    for distinct in (3, 50, 5000):
+        values = rng.integers(0, distinct, 6000).astype(np.float64)
+        values[rng.integers(0, 6000, 30)] = -0.0  # -0.0 ties with 0.0
+        for count in (1, 100, 2999, 6000):
+            expected = sorted(range(values.size), key=lambda i: (-values[i], i))[:count]
+            assert normalize.top_order(values, count).tolist() == expected
+
+
 def test_engine_pieces_equal_their_definitions():
     rng = np.random.default_rng(5)
     for _ in range(50):

@@ -1,0 +1,215 @@
+"""The only module that talks to the Kubernetes API.
+
+Requests go through the official client's `ApiClient` (so every kubeconfig auth method, TLS
+setting and token refresh works) but as raw JSON: the operator works with plain dicts and never
+has the typed models drop a field they do not know. The client is synchronous, so each call runs
+in a worker thread and the event loop stays free for kopf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import kubernetes
+
+from selection import spec as spec_module
+
+from selection_operator import manifests
+
+log = logging.getLogger(__name__)
+
+# Seconds for one API request: generous for a loaded API server, short enough that a hung
+# connection does not stall a selection for long (the reconcile loop retries).
+REQUEST_TIMEOUT_S = 30.0
+_PATHS = {
+    ("batch/v1", "Job"): "/apis/batch/v1/namespaces/{namespace}/jobs",
+    ("v1", "ConfigMap"): "/api/v1/namespaces/{namespace}/configmaps",
+    ("v1", "Pod"): "/api/v1/namespaces/{namespace}/pods",
+}
+_SELECTIONS = f"/apis/{spec_module.API_GROUP}/{spec_module.API_VERSION}/namespaces/{{namespace}}/{spec_module.PLURAL}"
+
+
+class ApiError(Exception):
+    """A non-2xx answer from the API server; `status` is the HTTP status code."""
+
+    def __init__(self, status: int, reason: str, message: str):
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def load_configuration() -> kubernetes.client.Configuration:
+    """Client configuration: $KUBECONFIG when set, else in-cluster, else ~/.kube/config.
+
+    $KUBECONFIG is read at call time (the client library reads it once, at import).
+    """
+    config = kubernetes.client.Configuration()
+    explicit = os.environ.get("KUBECONFIG")
+    if not explicit:
+        try:
+            kubernetes.config.load_incluster_config(client_configuration=config)
+            return config
+        except kubernetes.config.ConfigException:
+            pass
+    kubernetes.config.load_kube_config(
+        config_file=explicit or os.path.expanduser("~/.kube/config"), client_configuration=config
+    )
+    return config
+
+
+def connection_info(config: kubernetes.client.Configuration) -> dict[str, Any]:
+    """The fields of kopf.ConnectionInfo that describe `config` (server, TLS, credentials)."""
+    header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    return {
+        "server": config.host,
+        "ca_path": config.ssl_ca_cert,
+        "insecure": not config.verify_ssl,
+        "username": config.username or None,
+        "password": config.password or None,
+        "scheme": scheme,
+        "token": token,
+        "certificate_path": config.cert_file,
+        "private_key_path": config.key_file,
+    }
+
+
+class Cluster:
+    """The operator's API calls, as coroutines returning plain dicts."""
+
+    def __init__(self, api_client: kubernetes.client.ApiClient, request_timeout: float = REQUEST_TIMEOUT_S):
+        self.api = api_client
+        self.request_timeout = request_timeout
+
+    @classmethod
+    def from_environment(cls) -> "Cluster":
+        return cls(kubernetes.client.ApiClient(load_configuration()))
+
+    def close(self) -> None:
+        self.api.close()
+
+    # --- transport ----------------------------------------------------------------------
+    def _request_sync(
+        self, method: str, path: str, query: Mapping[str, str] | None, body: Any, content_type: str
+    ) -> Any:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        method, url, headers, body, _ = self.api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=list(query.items()) if query else None,
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(method, url, header_params=headers, body=body, _request_timeout=self.request_timeout)
+        data = response.read()
+        payload = json.loads(data) if data else None
+        if response.status >= 400:
+            reason = message = ""
+            if isinstance(payload, dict):
+                reason, message = str(payload.get("reason", "")), str(payload.get("message", ""))
+            raise ApiError(response.status, reason or str(response.reason), message)
+        return payload
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        return await asyncio.to_thread(self._request_sync, method, path, query, body, content_type)
+
+    # --- DataSelections -----------------------------------------------------------------
+    async def get_selection(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.request("GET", f"{_SELECTIONS.format(namespace=namespace)}/{name}")
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def patch_selection_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.request(
+            "PATCH",
+            f"{_SELECTIONS.format(namespace=namespace)}/{name}/status",
+            body={"status": patch},
+            content_type="application/merge-patch+json",
+        )
+
+    # --- children -----------------------------------------------------------------------
+    async def list_owned(self, api_version: str, kind: str, namespace: str, selection: str) -> list[dict[str, Any]]:
+        """Objects of a kind labelled with the selection's name (ownership is checked by callers)."""
+        path = _PATHS[(api_version, kind)].format(namespace=namespace)
+        found = await self.request("GET", path, query={"labelSelector": f"{manifests.LABEL_SELECTION}={selection}"})
+        return list(found.get("items") or [])
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.request("GET", f"{_PATHS[(api_version, kind)].format(namespace=namespace)}/{name}")
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def create(self, obj: Mapping[str, Any]) -> bool:
+        """Create `obj`; False when it already exists (409), so callers can create blindly."""
+        meta = obj["metadata"]
+        path = _PATHS[(obj["apiVersion"], obj["kind"])].format(namespace=meta["namespace"])
+        try:
+            await self.request("POST", path, body=dict(obj))
+        except ApiError as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Delete with background propagation, so a Job's pods go too; False when already gone."""
+        path = f"{_PATHS[(api_version, kind)].format(namespace=namespace)}/{name}"
+        try:
+            await self.request(
+                "DELETE", path, body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+            )
+        except ApiError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    # --- pods -----------------------------------------------------------------------------
+    async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        found = await self.request(
+            "GET", _PATHS[("v1", "Pod")].format(namespace=namespace), query={"labelSelector": label_selector}
+        )
+        return list(found.get("items") or [])
+
+    async def pod_log_tail(self, namespace: str, pod: str, container: str, lines: int = 20) -> str | None:
+        """The last lines of a container's log, or None when they cannot be read."""
+        path = f"{_PATHS[('v1', 'Pod')].format(namespace=namespace)}/{pod}/log"
+        try:
+            text = await asyncio.to_thread(self._log_sync, path, {"container": container, "tailLines": str(lines)})
+        except Exception as error:  # best effort: a missing log must not hide the failure itself
+            log.debug("cannot read the log of pod %s/%s: %s", namespace, pod, error)
+            return None
+        return text
+
+    def _log_sync(self, path: str, query: Mapping[str, str]) -> str | None:
+        method, url, headers, _, _ = self.api.param_serialize(
+            method="GET", resource_path=path, query_params=list(query.items()),
+            header_params={"Accept": "text/plain"}, auth_settings=["BearerToken"],
+        )
+        response = self.api.call_api(method, url, header_params=headers, _request_timeout=self.request_timeout)
+        data = response.read()
+        if response.status >= 400:
+            return None
+        return data.decode("utf-8", errors="replace")

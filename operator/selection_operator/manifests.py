@@ -1,0 +1,274 @@
+"""Pure builders of the objects a DataSelection owns: its arguments ConfigMap and stage Jobs.
+
+Nothing here talks to the cluster; `reconciler` adopts the results (owner reference, namespace)
+and creates them. Names are deterministic so that creating an existing object is a no-op.
+
+Every pod runs `python -m selection.jobs <entrypoint> /etc/dsel/args.json`, where args.json is
+the `selection.jobs.context.JobArgs` document of the resource as it started, mounted from the
+ConfigMap. S3 credentials reach the pods only as `secretKeyRef` env vars: the operator never
+reads the Secret.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from selection import spec as spec_module
+from selection.jobs.context import JobArgs
+
+from selection_operator.settings import OperatorSettings
+
+STAGES = ("warmup", "extract", "reduce")
+# The worker entrypoint of each stage: extraction runs `shard` (extract + score one shard).
+ENTRYPOINTS = {"warmup": "warmup", "extract": "shard", "reduce": "reduce"}
+
+LABEL_SELECTION = "dsel.dev/selection"
+LABEL_STAGE = "dsel.dev/stage"
+LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+COMMON_LABELS = {"app.kubernetes.io/name": "dsel", "app.kubernetes.io/managed-by": "dsel-operator"}
+
+CONTAINER_NAME = "worker"
+ARGS_FILE = "args.json"
+ARGS_DIR = "/etc/dsel"
+CACHE_DIR = "/var/cache/dsel"
+SCRATCH_DIR = "/tmp"
+# Non-root uid/gid of the job pods. Set explicitly so `runAsNonRoot` holds whatever USER the
+# image declares; the pods only write to their emptyDir volumes.
+WORKER_UID = 1000
+# Exit code of the stage entrypoints for bad input (selection.jobs.runner.EXIT_BAD_INPUT):
+# retrying cannot help, so the pod failure policy fails the Job (or the index) at once.
+EXIT_BAD_INPUT = 2
+SECRET_KEYS = {"AWS_ACCESS_KEY_ID": True, "AWS_SECRET_ACCESS_KEY": True, "AWS_SESSION_TOKEN": False}
+
+
+@dataclasses.dataclass(frozen=True)
+class StorageTarget:
+    """Where a selection's artifacts live, resolved from the spec and the operator's defaults."""
+
+    uri: str
+    endpoint: str | None
+    region: str | None
+    credentials_secret: str | None
+
+
+def job_name(selection: str, stage: str) -> str:
+    return f"{selection}-{stage}"
+
+
+def config_map_name(selection: str) -> str:
+    return f"{selection}-args"
+
+
+def labels(selection: str, stage: str | None = None) -> dict[str, str]:
+    found = {**COMMON_LABELS, LABEL_SELECTION: selection}
+    if stage is not None:
+        found[LABEL_STAGE] = stage
+        found["app.kubernetes.io/component"] = stage
+    return found
+
+
+def resolve_storage(resource: spec_module.DataSelection, settings: OperatorSettings) -> StorageTarget:
+    """The spec's storage section, with the operator's defaults for what it leaves open.
+
+    Raises SpecError naming `spec.storage.uri` when there is no S3 location: job pods on
+    different nodes share artifacts only through S3.
+    """
+    storage = resource.spec.storage
+    uri = storage.uri
+    if uri is None and settings.default_storage_uri:
+        uri = f"{settings.default_storage_uri}/{resource.metadata.namespace or 'default'}/{resource.name}"
+    if uri is None:
+        raise spec_module.SpecError(
+            [("spec.storage.uri", "no artifact location: set it, or configure the operator's DSEL_DEFAULT_STORAGE_URI")]
+        )
+    if not uri.startswith("s3://") or uri.rstrip("/") == "s3:/":
+        raise spec_module.SpecError(
+            [("spec.storage.uri", f"must be an s3:// URI on Kubernetes (job pods share artifacts through S3), got {uri!r}")]
+        )
+    return StorageTarget(
+        uri=uri.rstrip("/"),
+        endpoint=storage.endpoint or settings.s3_endpoint,
+        region=storage.region or settings.s3_region,
+        credentials_secret=storage.credentials_secret or settings.s3_credentials_secret,
+    )
+
+
+def cluster_problems(resource: spec_module.DataSelection) -> list[tuple[str, str]]:
+    """Spec values that are valid for `dsel run` but cannot work in a pod: relative data paths."""
+    problems = []
+    data = resource.spec.data
+    paths = [("spec.data.train", data.train)]
+    paths += [(f"spec.data.validation[{i}].uri", v.uri) for i, v in enumerate(data.validation)]
+    for path, uri in paths:
+        if not uri.startswith(("s3://", "/", "file:///")):
+            problems.append((path, f"relative path {uri!r} cannot be read by a pod; use an s3:// URI"))
+    return problems
+
+
+def started_resource(resource: spec_module.DataSelection) -> spec_module.DataSelection:
+    """The resource as jobs see it: name, namespace and spec, nothing of the live metadata."""
+    manifest = resource.to_manifest()
+    manifest["metadata"] = {"name": resource.name, "namespace": resource.metadata.namespace}
+    return spec_module.parse_selection(manifest)
+
+
+def arguments_document(resource: spec_module.DataSelection, storage: StorageTarget) -> dict[str, Any]:
+    """The JobArgs document every stage reads (shard comes from JOB_COMPLETION_INDEX)."""
+    return JobArgs(
+        resource=started_resource(resource),
+        storage_uri=storage.uri,
+        endpoint=storage.endpoint,
+        region=storage.region,
+    ).to_document()
+
+
+def build_config_map(resource: spec_module.DataSelection, storage: StorageTarget) -> dict[str, Any]:
+    """The arguments ConfigMap; immutable, so it also records the spec the selection started with."""
+    document = arguments_document(resource, storage)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": config_map_name(resource.name),
+            "namespace": resource.metadata.namespace,
+            "labels": labels(resource.name),
+            "annotations": {"dsel.dev/credentials-secret": storage.credentials_secret or ""},
+        },
+        "immutable": True,
+        "data": {ARGS_FILE: json.dumps(document, indent=2, sort_keys=True) + "\n"},
+    }
+
+
+def _env(storage: StorageTarget) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "DSEL_CACHE_DIR", "value": CACHE_DIR},
+        {"name": "HOME", "value": SCRATCH_DIR},
+        {"name": "TMPDIR", "value": SCRATCH_DIR},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    if storage.credentials_secret:
+        for key, required in SECRET_KEYS.items():
+            reference = {"name": storage.credentials_secret, "key": key}
+            if not required:
+                reference["optional"] = True
+            env.append({"name": key, "valueFrom": {"secretKeyRef": reference}})
+    return env
+
+
+def _container_resources(resources: spec_module.ResourcesSpec) -> dict[str, Any]:
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if resources.cpu:
+        requests["cpu"] = resources.cpu
+    if resources.memory:
+        requests["memory"] = resources.memory
+    if resources.gpus:
+        limits["nvidia.com/gpu"] = str(resources.gpus)  # extended resources: request == limit
+    return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+
+
+def _pod_failure_policy(stage: str) -> dict[str, Any]:
+    """Bad input fails at once; evictions and preemptions do not count against the retries."""
+    fail = "FailIndex" if stage == "extract" else "FailJob"
+    return {
+        "rules": [
+            {
+                "action": fail,
+                "onExitCodes": {"containerName": CONTAINER_NAME, "operator": "In", "values": [EXIT_BAD_INPUT]},
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+
+
+def build_job(
+    stage: str,
+    resource: spec_module.DataSelection,
+    storage: StorageTarget,
+    settings: OperatorSettings,
+) -> dict[str, Any]:
+    """One stage's Job; extraction is an Indexed Job with one completion per shard."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    spec = resource.spec
+    res = spec.resources
+    name = job_name(resource.name, stage)
+    job_labels = labels(resource.name, stage)
+    if res.queue_name:
+        job_labels[LABEL_QUEUE] = res.queue_name
+    container = {
+        "name": CONTAINER_NAME,
+        "image": res.image or settings.worker_image,
+        "command": ["python", "-m", "selection.jobs"],
+        "args": [ENTRYPOINTS[stage], f"{ARGS_DIR}/{ARGS_FILE}"],
+        "env": _env(storage),
+        "volumeMounts": [
+            {"name": "args", "mountPath": ARGS_DIR, "readOnly": True},
+            {"name": "cache", "mountPath": CACHE_DIR},
+            {"name": "scratch", "mountPath": SCRATCH_DIR},
+        ],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        # The stages write their one-line error to /dev/termination-log; when a crash leaves it
+        # empty, the kubelet uses the log tail instead, so the operator can always quote a reason.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    resources = _container_resources(res)
+    if resources:
+        container["resources"] = resources
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": WORKER_UID,
+            "runAsGroup": WORKER_UID,
+            "fsGroup": WORKER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {
+                "name": "args",
+                "configMap": {"name": config_map_name(resource.name), "items": [{"key": ARGS_FILE, "path": ARGS_FILE}]},
+            },
+            {"name": "cache", "emptyDir": {}},
+            {"name": "scratch", "emptyDir": {}},
+        ],
+    }
+    if res.node_selector:
+        pod_spec["nodeSelector"] = dict(res.node_selector)
+    if res.tolerations:
+        pod_spec["tolerations"] = [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in res.tolerations]
+    if settings.worker_service_account:
+        pod_spec["serviceAccountName"] = settings.worker_service_account
+    job_spec: dict[str, Any] = {
+        "template": {"metadata": {"labels": dict(job_labels)}, "spec": pod_spec},
+        "podFailurePolicy": _pod_failure_policy(stage),
+    }
+    if stage == "extract":
+        shards = spec.gradients.shards
+        job_spec.update(
+            completionMode="Indexed",
+            completions=shards,
+            parallelism=shards,
+            backoffLimitPerIndex=res.backoff_limit_per_index,
+        )
+    else:
+        job_spec.update(completions=1, parallelism=1, backoffLimit=res.backoff_limit_per_index)
+    if res.queue_name:
+        job_spec["suspend"] = True  # Kueue admits (unsuspends) the Job when its quota allows
+    if settings.job_ttl_seconds is not None:
+        job_spec["ttlSecondsAfterFinished"] = settings.job_ttl_seconds
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "namespace": resource.metadata.namespace, "labels": job_labels},
+        "spec": job_spec,
+    }

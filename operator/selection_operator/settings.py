@@ -1,0 +1,129 @@
+"""The operator's settings: every one comes from an environment variable, all are optional.
+
+The Helm chart sets these names (keep them stable):
+
+    DSEL_WORKER_IMAGE             worker image for Jobs whose spec names none
+    DSEL_DEFAULT_STORAGE_URI      s3://bucket/prefix; a resource without spec.storage.uri
+                                  stores its artifacts under <this>/<namespace>/<name>
+    DSEL_S3_ENDPOINT              S3 endpoint when the spec names none (MinIO, SeaweedFS, Ceph)
+    DSEL_S3_REGION                S3 region when the spec names none
+    DSEL_S3_CREDENTIALS_SECRET    Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY for the
+                                  pods when the spec names none
+    DSEL_METRICS_PORT             Prometheus port (default 9090; 0 disables the endpoint)
+    DSEL_METRICS_ADDRESS          address the metrics endpoint binds (default 0.0.0.0)
+    DSEL_LOG_LEVEL                DEBUG, INFO, WARNING or ERROR (default: kopf's own level)
+    DSEL_WORKER_SERVICE_ACCOUNT   serviceAccountName of the job pods
+    DSEL_JOB_TTL_SECONDS          ttlSecondsAfterFinished of the Jobs (default: keep them)
+    DSEL_RESYNC_SECONDS           how often a running selection is re-checked even without Job
+                                  events (default 30)
+
+The operator process reads selection.json from S3 itself, so its own environment needs the usual
+AWS_* credentials (the chart passes them from the same Secret).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping
+from importlib import metadata
+
+DEFAULT_METRICS_PORT = 9090
+# A running selection is re-read this often even when no Job event arrives: Job events wake the
+# operator at once, so this only bounds how long a missed event can go unnoticed.
+DEFAULT_RESYNC_SECONDS = 30.0
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class SettingsError(ValueError):
+    """An environment variable holds an unusable value; the message names the variable."""
+
+
+def _default_worker_image() -> str:
+    """The worker image of this release; the chart normally overrides it."""
+    try:
+        version = metadata.version("dsel")
+    except metadata.PackageNotFoundError:
+        version = "latest"
+    return f"dsel-worker:{version}"
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorSettings:
+    """What the operator adds to every DataSelection: defaults for fields the spec leaves open."""
+
+    worker_image: str = dataclasses.field(default_factory=_default_worker_image)
+    default_storage_uri: str | None = None
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_credentials_secret: str | None = None
+    metrics_port: int = DEFAULT_METRICS_PORT
+    metrics_address: str = "0.0.0.0"
+    log_level: str | None = None
+    worker_service_account: str | None = None
+    job_ttl_seconds: int | None = None
+    resync_seconds: float = DEFAULT_RESYNC_SECONDS
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "OperatorSettings":
+        """Read the DSEL_* variables; an empty variable counts as unset."""
+        env = os.environ if environ is None else environ
+
+        def text(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        def integer(name: str, default: int | None, low: int, high: int | None = None) -> int | None:
+            raw = text(name)
+            if raw is None:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise SettingsError(f"{name}: expected an integer, got {raw!r}") from None
+            if value < low or (high is not None and value > high):
+                bound = f"{low}..{high}" if high is not None else f">= {low}"
+                raise SettingsError(f"{name}: {value} is outside {bound}")
+            return value
+
+        resync_raw = text("DSEL_RESYNC_SECONDS")
+        resync = DEFAULT_RESYNC_SECONDS
+        if resync_raw is not None:
+            try:
+                resync = float(resync_raw)
+            except ValueError:
+                raise SettingsError(f"DSEL_RESYNC_SECONDS: expected seconds, got {resync_raw!r}") from None
+            if not resync > 0:
+                raise SettingsError(f"DSEL_RESYNC_SECONDS: must be positive, got {resync_raw!r}")
+
+        log_level = text("DSEL_LOG_LEVEL")
+        if log_level is not None:
+            log_level = log_level.upper()
+            if log_level not in _LOG_LEVELS:
+                raise SettingsError(f"DSEL_LOG_LEVEL: expected one of {', '.join(_LOG_LEVELS)}, got {log_level!r}")
+
+        storage = text("DSEL_DEFAULT_STORAGE_URI")
+        if storage is not None and not storage.startswith("s3://"):
+            raise SettingsError(
+                f"DSEL_DEFAULT_STORAGE_URI: expected s3://bucket[/prefix], got {storage!r} "
+                "(job pods share artifacts through S3 only)"
+            )
+
+        return cls(
+            worker_image=text("DSEL_WORKER_IMAGE") or _default_worker_image(),
+            default_storage_uri=storage.rstrip("/") if storage else None,
+            s3_endpoint=text("DSEL_S3_ENDPOINT"),
+            s3_region=text("DSEL_S3_REGION"),
+            s3_credentials_secret=text("DSEL_S3_CREDENTIALS_SECRET"),
+            metrics_port=integer("DSEL_METRICS_PORT", DEFAULT_METRICS_PORT, 0, 65535),
+            metrics_address=text("DSEL_METRICS_ADDRESS") or "0.0.0.0",
+            log_level=log_level,
+            worker_service_account=text("DSEL_WORKER_SERVICE_ACCOUNT"),
+            job_ttl_seconds=integer("DSEL_JOB_TTL_SECONDS", None, 0),
+            resync_seconds=resync,
+        )
+
+    @property
+    def logging_level(self) -> int | None:
+        return getattr(logging, self.log_level) if self.log_level else None

@@ -1,0 +1,47 @@
+"""Fixtures for operator tests: the API emulator, a kubeconfig for it, an API client."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import kmock
+import pytest
+import pytest_asyncio
+
+from selection.crd import build_crd
+from tests.controller.harness import write_kubeconfig
+from tests.kube_emulator import KubeEmulator
+
+
+@pytest_asyncio.fixture
+async def kube() -> AsyncIterator[KubeEmulator]:
+    """A fresh KubeEmulator on 127.0.0.1 (random port) with the DataSelection CRD installed."""
+    async with KubeEmulator() as emulator, kmock.Server(emulator):
+        emulator.declare(build_crd())
+        yield emulator
+
+
+@pytest.fixture
+def kubeconfig(kube: KubeEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """$KUBECONFIG pointing at the emulator; operator settings from a clean DSEL_* environment."""
+    path = write_kubeconfig(tmp_path / "kubeconfig", str(kube.url).rstrip("/"))
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    for name in ("DSEL_WORKER_IMAGE", "DSEL_DEFAULT_STORAGE_URI", "DSEL_S3_ENDPOINT", "DSEL_S3_REGION",
+                 "DSEL_S3_CREDENTIALS_SECRET", "DSEL_LOG_LEVEL", "DSEL_WORKER_SERVICE_ACCOUNT",
+                 "DSEL_JOB_TTL_SECONDS", "DSEL_METRICS_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DSEL_METRICS_PORT", "0")
+    monkeypatch.setenv("DSEL_RESYNC_SECONDS", "2")
+    return path
+
+
+@pytest.fixture
+def api(kubeconfig: Path) -> Iterator[object]:
+    """A `kubernetes` ApiClient for the emulator; call it via asyncio.to_thread (it blocks)."""
+    import kubernetes
+
+    client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+    with contextlib.closing(client):
+        yield client
