@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt scripts/bootstrap.sh
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/dsel run examples/demo/dataselection.yaml --output examples/demo/out/selection.json
+	$(BIN)/dsel run examples/demo/dataselection.yaml --storage examples/demo/out/artifacts --output examples/demo/out/selection.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
