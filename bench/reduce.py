@@ -127,13 +127,13 @@ def bench_size(n: int, m: int, fraction: float, cache: Path, naive_cap: float, w
     me = str(Path(__file__).resolve())
     row = {"N": n, "M": m, "B": budget, "method": "bids"}
 
-    engine_out = cache / "engine.npy"
+    engine_out = cache / "reduce-engine.npy"
     _, engine_rss, stdout = run_measured([python, me, "--child", "engine", str(matrix), str(budget), str(engine_out)])
     row["engine_s"] = json.loads(stdout)["seconds"]
     row["engine_rss"] = engine_rss
     engine = np.load(engine_out)
 
-    output = cache / "selection.json"
+    output = cache / "reduce-selection.json"
     process_s, process_rss, _ = run_measured(
         [python, "-m", "selection.reduce.cli", "--matrix", str(matrix), "--tasks", str(tasks),
          "--method", "bids", "--budget", repr(fraction), "--output", str(output)]
@@ -143,7 +143,7 @@ def bench_size(n: int, m: int, fraction: float, cache: Path, naive_cap: float, w
     row["cli_equal"] = cli_indices == engine.tolist()
 
     if with_naive:
-        naive_out = cache / "naive.npy"
+        naive_out = cache / "reduce-naive.npy"
         probe = min(budget, 3)
         _, naive_rss, stdout = run_measured([python, me, "--child", "naive", str(matrix), str(budget), str(probe), str(naive_out)])
         timing = json.loads(stdout)

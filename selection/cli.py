@@ -15,9 +15,11 @@ def _summary(document: dict[str, Any]) -> str:
     indices = document["indices"]
     composition = document.get("composition", {})
     width = max((len(task) for task in composition), default=4)
+    requested = document.get("requestedBudget", document["budget"])
+    budget = f"{requested} -> {document['budget']}" if requested != document["budget"] else requested
     lines = [
         f"Selected {len(indices)} of {document.get('poolSize', '?')} examples "
-        f"(method {document['method']}, budget {document['budget']})",
+        f"(method {document['method']}, budget {budget})",
         "Per-task composition (examples closest to each task):",
     ]
     lines += [f"  {task:<{width}}  {count:>6}" for task, count in sorted(composition.items())]

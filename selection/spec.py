@@ -177,11 +177,49 @@ class GradientsSpec(_Section):
     )
 
 
+class DistillationSpec(_Section):
+    """Influence Distillation's landmark approximation (ALGORITHMS.md §5, Nikdan et al. 2025).
+
+    Used when selection.method is influence-distillation or selection.influence is distilled:
+    accurate gradients only for `landmarks` examples, propagated to the whole pool through cheap
+    JVP embeddings, instead of gradients for every example.
+    """
+
+    landmarks: int = Field(
+        default=4096, ge=1, description="Landmark examples L (capped at the pool size), drawn with `seed`."
+    )
+    blocks: int = Field(
+        default=4, ge=1, description="Transformer blocks kept for the JVP embeddings (the first ones)."
+    )
+    tangents: int = Field(
+        default=2, ge=1, description="Seeded Gaussian parameter directions for the JVP embeddings."
+    )
+    embed_dim: int = Field(
+        default=4096, ge=1, description="Embedding dimension after the seeded projection."
+    )
+    ridge: float = Field(
+        default=1e-2, gt=0, description="Kernel ridge regularizer, as a multiple of the kernel's mean diagonal."
+    )
+    seed: int = Field(default=0, ge=0, description="Seed for landmarks, tangents and the projection.")
+
+
 class SelectionSpec(_Section):
     """How the attribution matrix becomes a subset (ALGORITHMS.md §5)."""
 
-    method: Literal["bids", "less", "quota", "random"] = Field(
-        default="bids", description="Reduction method."
+    method: Literal["bids", "less", "quota", "random", "influence-distillation"] = Field(
+        default="bids",
+        description=(
+            "Reduction method. influence-distillation selects round robin over validation "
+            "examples from the distilled influence matrix."
+        ),
+    )
+    influence: Literal["gradient", "distilled"] = Field(
+        default="gradient",
+        description=(
+            "Which N x M influence matrix the method reduces: 'gradient' (LESS features for every "
+            "example) or 'distilled' (landmark gradients propagated by kernel ridge regression; "
+            "implied by method influence-distillation)."
+        ),
     )
     budget: Union[int, float] = Field(
         description=(
@@ -279,8 +317,16 @@ class DataSelectionSpec(_Section):
     warmup: WarmupSpec = Field(default_factory=WarmupSpec, description="LoRA warmup training.")
     gradients: GradientsSpec = Field(default_factory=GradientsSpec, description="Gradient features.")
     selection: SelectionSpec = Field(description="Reduction method and budget.")
+    distillation: DistillationSpec = Field(
+        default_factory=DistillationSpec, description="Landmark-based influence distillation."
+    )
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Artifact storage.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Kubernetes pods.")
+
+    @property
+    def uses_distillation(self) -> bool:
+        """True when the influence matrix comes from landmarks rather than every example's gradient."""
+        return self.selection.method == "influence-distillation" or self.selection.influence == "distilled"
 
     @model_validator(mode="after")
     def _tasks_are_known(self) -> "DataSelectionSpec":

@@ -62,6 +62,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         {
             "name": ctx.args.resource.name,
             "poolSize": len(pool),
+            "requestedBudget": sel.budget,
             "tasks": sorted(set(tasks)),
             "inputs": checksums,
             "subsetUri": store.uri(prefix, artifacts.SUBSET_FILE),

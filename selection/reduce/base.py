@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation, localcontext
+
+import numpy as np
 
 METHODS = ("bids", "less", "quota", "random")
 GRANULARITIES = ("instance", "task")
@@ -64,7 +67,7 @@ def resolve_budget(budget: int | float | str, n: int) -> int:
     decimal value as written (0.29 of 100 is 29, although 0.29 * 100 is 28.999... in binary
     floating point), and must be at least 1.
     """
-    if isinstance(budget, bool):
+    if isinstance(budget, (bool, np.bool_)):
         raise _range_error(budget, n)
     if isinstance(budget, str):
         text = budget.strip()
@@ -81,12 +84,13 @@ def resolve_budget(budget: int | float | str, n: int) -> int:
         except ValueError:
             raise _range_error(text, n) from None
         return _from_count(count, text, n)
-    if isinstance(budget, int):
-        return _from_count(budget, budget, n)
-    if isinstance(budget, float):
-        if not math.isfinite(budget):
+    if isinstance(budget, numbers.Integral):  # int, numpy integers
+        return _from_count(int(budget), budget, n)
+    if isinstance(budget, numbers.Real):  # float, numpy floats
+        value = float(budget)
+        if not math.isfinite(value):
             raise _range_error(budget, n)
-        return _from_fraction(Decimal(repr(budget)), budget, n)
+        return _from_fraction(Decimal(repr(value)), value, n)
     raise ReductionError(
         f"budget {budget!r} must be a number (a fraction in (0, 1] or a count)", input="budget"
     )

@@ -43,6 +43,7 @@ from selection.reduce.normalize import ColumnStats, TaskGroups
 COLUMN_BLOCK_BYTES = 256 * 2**20  # column block of A (in its dtype) read while building lists
 PARALLEL_ROWS = 50_000  # below this, threads cost more than they save
 TRANSPOSE_ROWS = 1024  # rows per step of that read: measured fastest on this machine
+FEW_COLUMNS = 4  # heads moved one by one below this many, vectorized above
 LIST_BYTES = 3 * 2**30  # cap on the per-column lists (index + value = 12 bytes per entry)
 
 
@@ -122,10 +123,10 @@ class BidsEngine:
         index_type = np.int32 if n < 2**31 else np.int64
         self.index = np.empty((d, self.length), dtype=index_type)
         self.value = np.empty((d, self.length))
-        self.size = [0] * d  # used entries of each list
-        self.complete = [False] * d  # list holds every row that was unselected when it was built
-        self.constant = [False] * d
-        self.position = [0] * d  # first unselected entry of each list
+        self.size = np.zeros(d, dtype=np.int64)  # used entries of each list
+        self.complete = np.zeros(d, dtype=bool)  # list held every then-unselected row when built
+        self.constant = np.zeros(d, dtype=bool)  # every row has the same value in this column
+        self.position = np.zeros(d, dtype=np.int64)  # first unselected entry of each list
         self.selected = np.zeros(n, dtype=bool)
         self.lowest = 0  # lowest unselected row (candidate of constant columns)
         self.refills = 0
@@ -183,8 +184,7 @@ class BidsEngine:
             if iterative:
                 total += self.source.row(pick)
                 r = total / step
-            for j in np.flatnonzero(self.head_index == pick):
-                self._advance(int(j))
+            self._advance(np.flatnonzero(self.head_index == pick))
         return order
 
     def _lowest_unselected(self) -> int:
@@ -197,12 +197,10 @@ class BidsEngine:
         if self.constant[j]:
             return self._lowest_unselected()
         selected = self.selected
-        index, value, size = self.index[j], self.value[j], self.size[j]
-        head = self.position[j]
+        index, value, size = self.index[j], self.value[j], int(self.size[j])
+        head = int(self.position[j])
         rj = r[j]
-        k = head + 1
-        while k < size and selected[index[k]]:
-            k += 1
+        k = self._next_unselected(j, head + 1)
         if k < size:
             if value[k] - rj < best:  # the next unselected row falls short: head is alone
                 return int(index[head])
@@ -228,26 +226,71 @@ class BidsEngine:
         tied = index[head:end]
         return int(tied[~selected[tied]].min())
 
-    def _advance(self, j: int) -> None:
-        """Move column j's head past selected rows, refilling a truncated list if exhausted."""
+    def _next_unselected(self, j: int, k: int) -> int:
+        """The first list position >= k of column j holding an unselected row (or its size)."""
+        index, size = self.index[j], int(self.size[j])
+        if k >= size or not self.selected[index[k]]:
+            return k
+        chunk = 16
+        while k < size:
+            stop = min(size, k + chunk)
+            free = ~self.selected[index[k:stop]]
+            if free.any():
+                return k + int(free.argmax())
+            k, chunk = stop, chunk * 4
+        return int(size)
+
+    def _advance(self, columns: np.ndarray) -> None:
+        """Move the heads of `columns` (just selected) to their next unselected list entries.
+
+        Vectorized over the columns and over a growing window of list entries: with
+        correlated columns one pick heads many lists, whose heads then skip rows that other
+        columns already took."""
+        if columns.size <= FEW_COLUMNS:
+            for j in columns.tolist():
+                k = self._next_unselected(j, int(self.position[j]) + 1)
+                if k < self.size[j]:
+                    self.position[j] = k
+                    self.head_index[j] = self.index[j, k]
+                    self.head_value[j] = self.value[j, k]
+                else:
+                    self._restart(j)
+            return
         selected = self.selected
-        k = self.position[j] + 1
-        while True:
-            index, size = self.index[j], self.size[j]
-            while k < size and selected[index[k]]:
-                k += 1
-            if k < size:
-                break
-            if self.complete[j]:  # every row is selected: the column is spent
-                self.position[j] = size
-                self.head_index[j] = -1
-                self.head_value[j] = -np.inf
-                return
-            self._refill(j)
-            k = 0
-        self.position[j] = k
-        self.head_index[j] = index[k]
-        self.head_value[j] = self.value[j, k]
+        position = self.position[columns] + 1
+        window = 4
+        while columns.size:
+            size = self.size[columns]
+            inside = position < size
+            if not inside.all():
+                for j in columns[~inside]:
+                    self._restart(int(j))
+                columns, position, size = columns[inside], position[inside], size[inside]
+            entries = position[:, None] + np.arange(window)
+            usable = entries < size[:, None]
+            rows = self.index[columns[:, None], np.minimum(entries, (size - 1)[:, None])]
+            free = usable & ~selected[rows]
+            found = free.any(axis=1)
+            if found.any():
+                first = free[found].argmax(axis=1)
+                settled = columns[found]
+                at = position[found] + first
+                self.position[settled] = at
+                self.head_index[settled] = rows[found, first]
+                self.head_value[settled] = self.value[settled, at]
+            lost = ~found
+            columns, position = columns[lost], position[lost] + window
+            window = min(4 * window, 1024)
+
+    def _restart(self, j: int) -> None:
+        """Column j's list is used up: refill it from the unselected rows. (Heads only move
+        before the last pick, so some row is unselected; a complete list, which holds all of
+        them, cannot be used up.)"""
+        if self.complete[j]:
+            raise RuntimeError(f"internal error: complete list of column {j} used up")
+        self._refill(j)
+        self.head_index[j] = self.index[j, 0]
+        self.head_value[j] = self.value[j, 0]
 
     def _refill(self, j: int) -> None:
         """Rebuild column j's list from its unselected rows (only for truncated lists)."""

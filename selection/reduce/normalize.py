@@ -1,18 +1,23 @@
 """The arithmetic every reduction shares: column z-scores, task means and orderings.
 
-These functions *define* the numbers the selection is made from, and both the naive oracles
-(`selection.reduce.naive`) and the fast engines call them, so "exactly equal" has one meaning:
+"Exactly equal to the naive loop" needs one defined arithmetic. These functions define the
+numbers a selection is made from; the naive oracles (`selection.reduce.naive`) and the fast
+engines both call them, and everything else they compute is entrywise IEEE float64:
 
 - Everything is float64. A float16/32 entry converts to float64 exactly.
 - Column statistics (`column_stats`) are computed in row blocks of STATS_ROW_BLOCK rows from
-  row 0, whatever the memory layout or sharding of A: mean = (sum of the block sums) / N, then
-  the population variance = (sum of block sums of (A - mean)^2) / N (ddof=0) and std = sqrt.
-  A column is constant when its max equals its min (or its std is 0); its z-scores are 0.
+  row 0, whatever the memory layout or sharding of A: mean = (running sum over blocks of
+  numpy's axis-0 sum of the C-ordered float64 block) / N; the population variance likewise
+  from (A - mean)^2, / N (ddof=0); std = sqrt. A column is constant when its max equals its
+  min (or its std is 0); its z-scores are then 0.
 - z-score (`zscore`): Ã_ij = (A_ij - mean_j) / std_j, two correctly rounded IEEE operations
   per entry, so any row or column of Ã can be recomputed alone, bit for bit.
 - Task means (`task_means`): tasks in sorted-name order; a task's mean is the running sum of
   its columns in ascending column order, divided by their count. Also entrywise, so a block of
   rows gives the same numbers as the whole matrix.
+- The BIDS loop itself (see `naive.naive_bids`): u_i = max_j fl(X_ij - r_j) (max is exact),
+  r = (running float64 sum of the selected rows, in selection order) / |S|; comparisons are
+  exact, ties go to the lowest index. `top_order` is sorted(key=(-value, index)).
 """
 
 from __future__ import annotations

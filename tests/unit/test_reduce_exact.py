@@ -39,6 +39,8 @@ def _matrix(kind: str, rng: np.random.Generator, n: int, m: int) -> np.ndarray:
         a = np.round(rng.standard_normal((n, m)), 1)
         a[:, rng.integers(0, m, max(1, m // 3))] = 2.5
         return a
+    if kind == "correlated":  # near-identical columns: one pick heads many lists at once
+        return rng.standard_normal((n, 1)) + 1e-3 * rng.integers(0, 3, (n, m))
     if kind == "rounding-ties":
         # Tiny distinct values beside huge ones: fl(x - r) ties for distinct x once r is large.
         a = rng.integers(1, 4, (n, m)) * 1e-17
@@ -47,7 +49,7 @@ def _matrix(kind: str, rng: np.random.Generator, n: int, m: int) -> np.ndarray:
     raise AssertionError(kind)
 
 
-KINDS = ["gaussian", "float32", "float16", "ties", "constant-columns", "rounding-ties"]
+KINDS = ["gaussian", "float32", "float16", "ties", "constant-columns", "correlated", "rounding-ties"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -215,7 +217,8 @@ def test_reduction_document_and_parameters():
 @pytest.mark.parametrize(
     ("budget", "n", "expected"),
     [(1, 10, 1), (10, 10, 10), ("7", 10, 7), (0.15, 20000, 3000), ("0.15", 20000, 3000),
-     (0.29, 100, 29), (1.0, 300, 300), ("1.0", 300, 300), ("1", 300, 1), (0.5, 3, 1)],
+     (0.29, 100, 29), (1.0, 300, 300), ("1.0", 300, 300), ("1", 300, 1), (0.5, 3, 1),
+     (np.int64(7), 10, 7), (np.float64(0.5), 10, 5)],
 )
 def test_resolve_budget(budget, n, expected):
     assert resolve_budget(budget, n) == expected
