@@ -2,8 +2,9 @@
 the Kubernetes clients and the dsel operator rely on.
 
 kmock 0.8's `KubernetesEmulator` stores bodies verbatim. `KubeEmulator` keeps kmock's HTTP
-server, request parsing, discovery and object store (so `emulator.objects[...]` assertions and
-DSL reactions still work) and replaces the write semantics:
+server, request parsing and log, discovery and object store (so `emulator.objects[...]`
+assertions work, and DSL reactions for discovery, lists and watches), answers single-object
+requests (create, get, patch, put, delete) itself, and adds:
 
 * server-side metadata on create: namespace from the URL, uid, resourceVersion,
   creationTimestamp, generation; `generateName` expanded; apiVersion/kind filled in;
@@ -22,6 +23,8 @@ DSL reactions still work) and replaces the write semantics:
 * deletion: finalizers hold an object with `deletionTimestamp` until they are removed; owner
   references cascade (Background and Foreground both delete dependents right away, Orphan keeps
   them; a dependent with another live owner only loses the reference);
+* only declared resources are served (kmock's bundled built-in kinds, posted CRDs, or
+  `declare(crd)`); anything else is 404, like an API server without the CRD;
 * posting a CustomResourceDefinition makes its resource discoverable;
 * `GET /api/v1/namespaces` (list and watch), which kmock 0.8 cannot parse, answers with the
   namespaces that objects live in (plus `default`).
@@ -170,7 +173,6 @@ class KubeEmulator(kmock.KubernetesEmulator):
     _rv: int = attrs.field(default=0, init=False)
     _history: dict[Any, collections.deque] = attrs.field(factory=dict, init=False)
     _subscribers: dict[Any, set] = attrs.field(factory=lambda: collections.defaultdict(set), init=False)
-    _answers: dict[Any, tuple[int, Any]] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -185,17 +187,19 @@ class KubeEmulator(kmock.KubernetesEmulator):
         return await super().__call__(raw_request)
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
-        if request.resource is None:
-            return await super()._handle(request)
+        if request.resource is None or request.resource.plural is None:  # not an object: discovery etc.
+            return await apps.RawHandler._handle(self, request)
         request = self._normalize(request)
         try:
             self._check_resource(request)
+            if request.action in (enums.action.LIST, enums.action.WATCH):
+                # kmock's reactions and fallbacks (dispatching to _serve_list/_serve_watch below).
+                return await apps.RawHandler._handle(self, request)
             async with self._lock:
-                await self._write(request)
+                code, body = self._serve_object(request)
         except ApiStatusError as error:
             return self._status_response(error.code, error.reason, error.message)
-        # Skip KubernetesEmulator._handle (its verbatim writes); serve reactions and fallbacks.
-        return await apps.RawHandler._handle(self, request)
+        return aiohttp.web.json_response(body, status=code)
 
     def _normalize(self, request: rendering.Request) -> rendering.Request:
         action = request.action
@@ -203,14 +207,22 @@ class KubeEmulator(kmock.KubernetesEmulator):
             action = enums.action.WATCH
         elif request.method == enums.method.PUT and request.name is not None:
             action = enums.action.UPDATE
-        return request if action == request.action else attrs.evolve(request, action=action)
+        if action == request.action:
+            return request
+        normalized = attrs.evolve(request, action=action)
+        # kmock's views find requests by identity in the request log: log the normalized one.
+        for position in range(len(self._requests) - 1, -1, -1):
+            if self._requests[position] is request:
+                self._requests[position] = normalized
+                break
+        return normalized
 
     def _check_resource(self, request: rendering.Request) -> None:
         if request.resource not in self.resources:
             raise ApiStatusError(404, "NotFound", f"the server could not find the requested resource ({request.resource})")
         if request.action is None:
             raise ApiStatusError(405, "MethodNotAllowed", f"{request.method} is not supported by this emulator")
-        if request.subresource not in (None, "status") and request.action != enums.action.FETCH:
+        if request.subresource not in (None, "status"):
             raise ApiStatusError(404, "NotFound", f"subresource {request.subresource!r} is not emulated")
 
     @staticmethod
@@ -247,19 +259,25 @@ class KubeEmulator(kmock.KubernetesEmulator):
         else:
             existing.create(copy.deepcopy(body))  # appends a version (or re-creates after deletion)
 
-    def _answer(self, request: rendering.Request, code: int, body: Any) -> None:
-        self._answers[request] = (code, copy.deepcopy(body))
-
-    # --- writes -------------------------------------------------------------------------------
-    async def _write(self, request: rendering.Request) -> None:
+    # --- single-object requests ----------------------------------------------------------------
+    def _serve_object(self, request: rendering.Request) -> tuple[int, Any]:
         if request.action == enums.action.CREATE:
-            self._create(request)
-        elif request.action == enums.action.UPDATE:
-            self._update(request)
-        elif request.action == enums.action.DELETE:
-            self._delete(request)
+            return self._create(request)
+        if request.action == enums.action.UPDATE:
+            return self._update(request)
+        if request.action == enums.action.DELETE:
+            return self._delete(request)
+        return self._fetch(request)
 
-    def _create(self, request: rendering.Request) -> None:
+    def _fetch(self, request: rendering.Request) -> tuple[int, Any]:
+        if request.subresource not in (None, "status"):
+            raise ApiStatusError(404, "NotFound", f"subresource {request.subresource!r} is not emulated")
+        obj = self._live((request.resource, request.namespace, request.name))
+        if obj is None:
+            raise ApiStatusError(404, "NotFound", f'{request.resource.plural} "{request.name}" not found')
+        return 200, copy.deepcopy(obj.raw)
+
+    def _create(self, request: rendering.Request) -> tuple[int, Any]:
         if not isinstance(request.data, Mapping):
             raise ApiStatusError(400, "BadRequest", "the request body must be a JSON object")
         if request.name is not None:
@@ -300,9 +318,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
         self._publish(resource, "ADDED", body)
         if resource == kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions"):
             self._declare_crd(body)
-        self._answer(request, 201, body)
+        return 201, body
 
-    def _update(self, request: rendering.Request) -> None:
+    def _update(self, request: rendering.Request) -> tuple[int, Any]:
         resource, info = request.resource, self._info(request.resource)
         key = (resource, request.namespace, request.name)
         obj = self._live(key)
@@ -356,18 +374,17 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 meta.pop(fixed, None)
         meta["resourceVersion"] = current["metadata"]["resourceVersion"]
         if result == current:
-            self._answer(request, 200, current)  # a no-op write changes nothing, not even the version
-            return
+            return 200, current  # a no-op write changes nothing, not even the version
         if _content(result) != _content(current):
             meta["generation"] = int(current["metadata"].get("generation") or 0) + 1
         meta["resourceVersion"] = self._next_rv()
         self._store(key, result)
         self._publish(resource, "MODIFIED", result)
-        self._answer(request, 200, result)
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             self._remove(key, "Background")
+        return 200, result
 
-    def _delete(self, request: rendering.Request) -> None:
+    def _delete(self, request: rendering.Request) -> tuple[int, Any]:
         resource = request.resource
         key = (resource, request.namespace, request.name)
         obj = self._live(key)
@@ -377,7 +394,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         policy = options.get("propagationPolicy") or request.params.get("propagationPolicy") or "Background"
         if options.get("orphanDependents") is True:
             policy = "Orphan"
-        self._answer(request, 200, self._delete_object(key, policy))
+        return 200, self._delete_object(key, policy)
 
     def _delete_object(self, key: tuple, policy: str) -> dict[str, Any]:
         """Delete now, or mark for deletion while finalizers remain; returns the last state."""
@@ -444,7 +461,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
             )
 
-    # --- reads (kmock's fallbacks dispatch to these) ----------------------------------------
+    # --- lists and watches (kmock's fallbacks dispatch to these) -------------------------------
     def _matches(self, request: rendering.Request, obj: Mapping[str, Any]) -> bool:
         meta = obj.get("metadata") or {}
         if request.namespace is not None and meta.get("namespace") != request.namespace:
@@ -461,23 +478,6 @@ class KubeEmulator(kmock.KubernetesEmulator):
             if resource == request.resource and not obj.deleted and self._matches(request, obj.raw):
                 found.append(copy.deepcopy(obj.raw))
         return found
-
-    async def _serve_create(self, request: rendering.Request) -> rendering.Payload:
-        code, body = self._answers.pop(request)
-        return rendering.Response(status=code, payload=body)
-
-    _serve_update = _serve_create
-    _serve_delete = _serve_create
-
-    async def _serve_fetch(self, request: rendering.Request) -> rendering.Payload:
-        obj = self._live((request.resource, request.namespace, request.name))
-        if request.subresource not in (None, "status"):
-            message = f"subresource {request.subresource!r} is not emulated"
-            return rendering.Response(status=404, payload=self._status_body(404, "NotFound", message))
-        if obj is None:
-            message = f'{request.resource.plural} "{request.name}" not found'
-            return rendering.Response(status=404, payload=self._status_body(404, "NotFound", message))
-        return copy.deepcopy(obj.raw)
 
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
         info = self._info(request.resource)

@@ -16,7 +16,7 @@ GROUP, VERSION, PLURAL = spec_module.API_GROUP, spec_module.API_VERSION, spec_mo
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     """Read the DSEL_* environment, connect, and start the metrics endpoint."""
     config = OperatorSettings.from_env()
     if config.logging_level is not None:
@@ -37,7 +37,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
 
 
 @kopf.on.cleanup()
-def shutdown(memo: kopf.Memo, **_: Any) -> None:
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     context = memo.get("dsel")
     if context is not None:
         context.close()
@@ -49,13 +49,18 @@ def login(**_: Any) -> kopf.ConnectionInfo:
     return kopf.ConnectionInfo(**cluster.connection_info(cluster.load_configuration()))
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, id="reconcile")
-async def run_selection(namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
-    await reconciler.watch_over(memo.dsel, namespace, name, logger)
+# Deletion stops the loop via `stopped`; kopf checks every second and cancels it after 10 s.
+@kopf.daemon(GROUP, VERSION, PLURAL, id="reconcile", cancellation_polling=1.0, cancellation_timeout=10.0)
+async def run_selection(
+    namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
+    await reconciler.watch_over(memo.dsel, namespace, name, logger, stopped)
 
 
+# Event handlers are async so that they run in the loop that owns the wake-up events
+# (kopf runs sync handlers in threads).
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def selection_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def selection_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     meta = body.get("metadata", {})
     if type == "DELETED":
         memo.dsel.metrics.set_phase(meta.get("namespace"), meta.get("name"), None)
@@ -64,7 +69,7 @@ def selection_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> 
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={manifests.LABEL_SELECTION: kopf.PRESENT})
-def job_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+async def job_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
     memo.dsel.wakeups.poke(namespace, labels[manifests.LABEL_SELECTION])
 
 

@@ -34,9 +34,9 @@ ARGS_FILE = "args.json"
 ARGS_DIR = "/etc/dsel"
 CACHE_DIR = "/var/cache/dsel"
 SCRATCH_DIR = "/tmp"
-# Non-root uid/gid of the job pods. Set explicitly so `runAsNonRoot` holds whatever USER the
-# image declares; the pods only write to their emptyDir volumes.
-WORKER_UID = 1000
+# Non-root uid/gid of the job pods: the worker image's own user (images/worker.Dockerfile), set
+# explicitly so `runAsNonRoot` holds; the pods only write to their emptyDir volumes and /home/dsel.
+WORKER_UID = 65532
 # Exit code of the stage entrypoints for bad input (selection.jobs.runner.EXIT_BAD_INPUT):
 # retrying cannot help, so the pod failure policy fails the Job (or the index) at once.
 EXIT_BAD_INPUT = 2

@@ -159,7 +159,14 @@ async def apply(ctx: Context, resource: Mapping[str, Any], plan: phases.Plan, lo
     if plan.create_config_map and plan.resource is not None and plan.storage is not None:
         config_map = manifests.build_config_map(plan.resource, plan.storage)
         kopf.adopt(config_map, owner=owner)
-        await ctx.cluster.create(config_map)
+        if not await ctx.cluster.create(config_map):
+            existing = await ctx.cluster.get("v1", "ConfigMap", namespace, config_map["metadata"]["name"])
+            if existing is not None and not owned_by(existing, meta.get("uid")):
+                # A namesake's leftover (deleted and recreated quickly): its Jobs would mount the
+                # old arguments. Wait until garbage collection removes it.
+                logger.warning("ConfigMap %s belongs to an earlier %s; waiting for its deletion",
+                               config_map["metadata"]["name"], name)
+                return
     for stage in plan.create_jobs:
         if plan.resource is None or plan.storage is None:
             break
@@ -178,11 +185,11 @@ async def apply(ctx: Context, resource: Mapping[str, Any], plan: phases.Plan, lo
     ctx.metrics.set_phase(namespace, name, plan.status.get("phase"))
 
 
-async def reconcile(ctx: Context, namespace: str, name: str, logger: logging.Logger) -> bool | None:
-    """One round for one resource: True when it is idle (finished), None when it is gone."""
+async def reconcile(ctx: Context, namespace: str, name: str, logger: logging.Logger) -> bool:
+    """One round for one resource: True when it is idle (finished, gone or being deleted)."""
     resource = await ctx.cluster.get_selection(namespace, name)
     if resource is None or resource.get("metadata", {}).get("deletionTimestamp"):
-        return None
+        return True  # kopf stops this loop when it sees the deletion
     observation, jobs = await observe(ctx, resource)
     plan = phases.decide(observation)
     if plan.needs is not None:
@@ -198,12 +205,26 @@ async def reconcile(ctx: Context, namespace: str, name: str, logger: logging.Log
     return plan.idle
 
 
-async def watch_over(ctx: Context, namespace: str, name: str, logger: logging.Logger) -> None:
-    """Reconcile until the resource is gone: on wake-ups, and periodically while it runs."""
+async def _sleep(wake: asyncio.Event, stopped: Any, timeout: float | None) -> None:
+    """Until woken, stopped (kopf's daemon flag) or timed out, whichever comes first."""
+    waiters = {asyncio.ensure_future(wake.wait())}
+    if stopped is not None:
+        waiters.add(asyncio.ensure_future(stopped.wait()))
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def watch_over(
+    ctx: Context, namespace: str, name: str, logger: logging.Logger, stopped: Any = None
+) -> None:
+    """Reconcile on wake-ups, and periodically while the selection runs, until kopf stops it."""
     wake = ctx.wakeups.register(namespace, name)
     failures = 0
     try:
-        while True:
+        while not stopped:
             wake.clear()
             try:
                 idle = await reconcile(ctx, namespace, name, logger)
@@ -216,15 +237,10 @@ async def watch_over(ctx: Context, namespace: str, name: str, logger: logging.Lo
                 failures += 1
                 logger.exception("reconcile failed (attempt %d)", failures)
                 idle = False
-            if idle is None:
-                return
             timeout = None if idle else ctx.settings.resync_seconds
             if failures:
                 timeout = min(ERROR_BACKOFF_S * 2 ** (failures - 1), ctx.settings.resync_seconds)
-            try:
-                await asyncio.wait_for(wake.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
+            await _sleep(wake, stopped, timeout)
     finally:
         ctx.wakeups.unregister(namespace, name, wake)
 

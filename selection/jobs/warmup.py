@@ -7,12 +7,16 @@ from pathlib import Path
 from typing import Callable
 
 from selection import artifacts
-from selection.jobs import runner
+from selection.jobs import extract, runner
 from selection.jobs.context import StageContext
 
 
 def run(ctx: StageContext, progress: Callable[[int, int], None] | None = None) -> list[str]:
-    """Train (or resume) the warmup; returns the checkpoint prefixes."""
+    """Train (or resume) the warmup, then the validation features; returns the checkpoint prefixes.
+
+    Validation features are computed here, once, so that the extraction shards running in
+    parallel afterwards all find them finished instead of each computing them.
+    """
     from selection import warmup
 
     ctx.preflight()
@@ -22,6 +26,7 @@ def run(ctx: StageContext, progress: Callable[[int, int], None] | None = None) -
     prefixes = [artifacts.checkpoint_prefix(e) for e in ctx.epochs]
     finished = [store.is_done(p, fingerprint) for p in prefixes]
     if all(finished):
+        extract.ensure_validation_features(ctx)
         return prefixes
     last_done = max((e for e, done in zip(ctx.epochs, finished) if done), default=None)
     if last_done is not None and not all(finished[: last_done + 1]):
@@ -49,6 +54,7 @@ def run(ctx: StageContext, progress: Callable[[int, int], None] | None = None) -
             model, examples, spec, tokenizer.pad_token_id,
             save=save, scratch=Path(scratch), resume_from=resume, progress=progress,
         )
+    extract.ensure_validation_features(ctx, model, tokenizer)
     return prefixes
 
 

@@ -17,8 +17,11 @@ from tests.kube_emulator import KubeEmulator
 
 @pytest_asyncio.fixture
 async def kube() -> AsyncIterator[KubeEmulator]:
-    """A fresh KubeEmulator on 127.0.0.1 (random port) with the DataSelection CRD installed."""
-    async with KubeEmulator() as emulator, kmock.Server(emulator):
+    """A fresh KubeEmulator on 127.0.0.1 (random port) with the DataSelection CRD installed.
+
+    strict: a request the emulator failed on (a 500, not an API error it answered) fails the test.
+    """
+    async with KubeEmulator(strict=True) as emulator, kmock.Server(emulator):
         emulator.declare(build_crd())
         yield emulator
 
@@ -45,3 +48,16 @@ def api(kubeconfig: Path) -> Iterator[object]:
     client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
     with contextlib.closing(client):
         yield client
+
+
+@pytest_asyncio.fixture
+async def s3(kube: KubeEmulator, s3_bucket: tuple) -> AsyncIterator[dict]:
+    """A fresh S3 bucket and the Secret with its credentials in the emulator's default namespace."""
+    from tests.controller.harness import credentials_secret
+
+    server, bucket = s3_bucket
+    async with kube.post("/api/v1/namespaces/default/secrets",
+                         json=credentials_secret(server.access_key, server.secret_key)) as response:
+        if response.status != 201:
+            raise RuntimeError(f"cannot create the credentials Secret: {response.status} {await response.text()}")
+    yield {"server": server, "bucket": bucket, "endpoint": server.endpoint_url, "uri": f"s3://{bucket}/dsel"}
