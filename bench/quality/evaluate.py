@@ -13,7 +13,7 @@ import torch
 from bench.quality import tasks
 from selection.models import PLAIN_CHAT_TEMPLATE
 
-MAX_NEW_TOKENS = 16  # the longest answer (7 sorted digits with spaces) is 13 characters
+MAX_NEW_TOKENS = 14  # the longest answer (6 sorted digits with spaces) is 11 characters
 
 
 def chat_prompt(tokenizer, item: tasks.Item) -> list[int]:
@@ -27,9 +27,8 @@ def chat_prompt(tokenizer, item: tasks.Item) -> list[int]:
 
 
 def narrative_prompt(tokenizer, item: tasks.Item) -> list[int]:
-    """The narrative line up to its answer ("37 + 85 = "): probes what pretraining taught."""
-    cut = item.narrative.rfind(item.answer)
-    return tokenizer(item.narrative[:cut], add_special_tokens=False)["input_ids"]
+    """The narrative line up to its answer ("after 389 comes "): probes what pretraining taught."""
+    return tokenizer(item.question + " ", add_special_tokens=False)["input_ids"]
 
 
 @torch.no_grad()
@@ -74,9 +73,9 @@ def accuracy(
     if form == "chat":
         make, stop = chat_prompt, [tokenizer.eos_token_id]
         expected = lambda item: item.answer  # noqa: E731
-    elif form == "narrative":  # the whole rest of the line: "122.", or "3 a." for count
+    elif form == "narrative":  # the rest of the line: "390."
         make, stop = narrative_prompt, [tokenizer.eos_token_id, *tokenizer("\n", add_special_tokens=False)["input_ids"]]
-        expected = lambda item: item.narrative[item.narrative.rfind(item.answer):]  # noqa: E731
+        expected = lambda item: item.answer + "."  # noqa: E731
     else:
         raise ValueError(f"unknown prompt form {form!r}")
     scores: dict[str, float] = {}

@@ -21,7 +21,8 @@ COLORS = {
     "influence-distillation": "#8e44ad",
     FULL: "#222222",
 }
-KIND_COLORS = ["#2e86de", "#e4572e", "#76b041", "#f1c40f", "#8e44ad", "#bdbdbd"]
+TASK_COLORS = ["#2e86de", "#e4572e", "#76b041", "#f1c40f", "#8e44ad", "#16a085", "#e67e22", "#34495e"]
+DISTRACTOR_COLOR = "#d0d0d0"
 
 
 def _stats(runs, column):
@@ -32,7 +33,8 @@ def _stats(runs, column):
 def accuracy_plot(groups, budgets, methods, path: Path) -> Path:
     """One panel per budget: per-task (and macro, worst) accuracy bars per method, ± std."""
     columns = (*tasks.TASKS, "macro", "worst")
-    bars = [m for m in methods] + ([FULL] if (FULL, None) in groups else [])
+    bars = [m for m in methods if any((m, b) in groups for b in budgets)]
+    bars += [FULL] if (FULL, None) in groups else []
     fig, axes = plt.subplots(len(budgets), 1, figsize=(11, 3.2 * len(budgets)), squeeze=False)
     width = 0.8 / len(bars)
     for row, budget in enumerate(budgets):
@@ -61,6 +63,7 @@ def accuracy_plot(groups, budgets, methods, path: Path) -> Path:
 def composition_plot(groups, keys, path: Path) -> Path:
     """Stacked bars: the share of each true task in every selected subset (mean over seeds)."""
     kinds = (*tasks.TASKS, tasks.DISTRACTOR)
+    colors = [TASK_COLORS[i % len(TASK_COLORS)] for i in range(len(tasks.TASKS))] + [DISTRACTOR_COLOR]
     keys = [k for k in keys if k[0] != FULL]
     fig, ax = plt.subplots(figsize=(10, 0.38 * len(keys) + 1.4))
     labels = []
@@ -69,7 +72,7 @@ def composition_plot(groups, keys, path: Path) -> Path:
         counts = [statistics.fmean(r["composition"][k] for r in runs) for k in kinds]
         total = sum(counts) or 1
         left = 0.0
-        for kind, count, color in zip(kinds, counts, KIND_COLORS):
+        for kind, count, color in zip(kinds, counts, colors):
             share = 100 * count / total
             ax.barh(row, share, left=left, color=color, label=kind if row == 0 else None)
             if share >= 6:

@@ -1,7 +1,7 @@
 """The base model: a small Llama built from a config, briefly pretrained, cached on disk.
 
 It is pretrained with a plain next-token loss on "narrative" text from the task generators
-(`tasks.pretraining_lines`: "37 + 85 = 122.", "kqzmt backwards is tmzqk.", random words), never on
+(`tasks.pretraining_pieces`: "after 389 comes 390.", "5 2 8 in order is 2 5 8.", random words), never on
 the chat form, so it has some of each skill but not the instruction format that LoRA fine-tuning
 then teaches. The result is saved with `save_pretrained` (model + dsel's byte tokenizer), so dsel
 loads it like any local model directory (`spec.model.source: /abs/path`).
@@ -36,15 +36,16 @@ class PretrainConfig:
 
     hidden_size: int = 128
     intermediate_size: int = 344
-    num_hidden_layers: int = 4
+    num_hidden_layers: int = 2  # 2 layers learned the skills faster per CPU-second than 4
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
-    steps: int = 600  # optimizer steps
-    batch_size: int = 32  # sequences per step
+    steps: int = 2000  # optimizer steps
+    batch_size: int = 16  # sequences per step
     sequence_length: int = 96  # tokens per packed sequence
     learning_rate: float = 3e-3  # peak; a tiny model trained from scratch wants a large step
     warmup_steps: int = 30
     weight_decay: float = 0.01
+    answer_only_loss: bool = True  # loss on answers (and generic text) only; see _token_stream
     seed: int = 0
     test_sizes: tasks.PoolSizes = field(default_factory=tasks.PoolSizes)  # test questions excluded
 
@@ -52,18 +53,35 @@ class PretrainConfig:
         return spec_fingerprint(asdict(self))[:12]
 
 
-def _token_stream(config: PretrainConfig, tokenizer, total_tokens: int) -> torch.Tensor:
-    """Lines of narrative text joined by newlines, tokenized into one long id stream."""
+def _token_stream(config: PretrainConfig, tokenizer, total_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lines of narrative text joined by newlines as one id stream, and its labels.
+
+    With `answer_only_loss`, only the completions (answers, and chatter lines) are labelled, so
+    the short pretraining spends its gradient on the skills rather than on predicting random
+    operands (which cannot be learned).
+    """
     rng = random.Random(config.seed)
     exclude = {item.question for items in tasks.test_sets(config.test_sizes).values() for item in items}
     ids: list[int] = []
+    labels: list[int] = []
     while len(ids) < total_tokens:
-        text = "\n".join(tasks.pretraining_lines(rng, 64, exclude)) + "\n"  # < model_max_length
-        ids += tokenizer(text, add_special_tokens=False)["input_ids"]
-    return torch.tensor(ids[:total_tokens], dtype=torch.long)
+        for context, completion in tasks.pretraining_pieces(rng, 64, exclude):
+            head = tokenizer(context, add_special_tokens=False)["input_ids"] if context else []
+            tail = tokenizer(completion + "\n", add_special_tokens=False)["input_ids"]
+            ids += head + tail
+            labels += ([-100] * len(head) if config.answer_only_loss else head) + tail
+    return (
+        torch.tensor(ids[:total_tokens], dtype=torch.long),
+        torch.tensor(labels[:total_tokens], dtype=torch.long),
+    )
 
 
-def pretrain(config: PretrainConfig, directory: Path, log: Callable[[str], None] = print) -> Path:
+def pretrain(
+    config: PretrainConfig,
+    directory: Path,
+    log: Callable[[str], None] = print,
+    on_step: Callable[[int, object], None] | None = None,
+) -> Path:
     """Build, pretrain and save the base model to `directory` (model + tokenizer + recipe)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -84,8 +102,9 @@ def pretrain(config: PretrainConfig, directory: Path, log: Callable[[str], None]
     torch.manual_seed(config.seed)
     model = LlamaForCausalLM(model_config)
     tokens_per_step = config.batch_size * config.sequence_length
-    stream = _token_stream(config, tokenizer, config.steps * tokens_per_step)
+    stream, label_stream = _token_stream(config, tokenizer, config.steps * tokens_per_step)
     batches = stream.view(config.steps, config.batch_size, config.sequence_length)
+    label_batches = label_stream.view(config.steps, config.batch_size, config.sequence_length)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, betas=(0.9, 0.95)
     )
@@ -100,8 +119,7 @@ def pretrain(config: PretrainConfig, directory: Path, log: Callable[[str], None]
     model.train()
     started = time.perf_counter()
     for step in range(config.steps):
-        batch = batches[step]
-        loss = model(input_ids=batch, labels=batch).loss
+        loss = model(input_ids=batches[step], labels=label_batches[step]).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -110,6 +128,8 @@ def pretrain(config: PretrainConfig, directory: Path, log: Callable[[str], None]
         if step % 100 == 0 or step == config.steps - 1:
             log(f"  pretrain step {step + 1}/{config.steps}  loss {loss.item():.3f}  "
                 f"({time.perf_counter() - started:.0f} s)")
+        if on_step is not None:  # diagnostics (e.g. probing skills while tuning the recipe)
+            on_step(step + 1, model)
     model.eval()
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)

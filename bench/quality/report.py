@@ -70,27 +70,47 @@ def _paired(groups, a: tuple[str, float | None], b: tuple[str, float | None], co
 
 
 def verdict_lines(groups, budgets: list[float], n_seeds: int) -> list[str]:
-    """Plain statements: did BIDS beat LESS, random, quota and the full pool, by how much."""
-    lines = []
-    for budget in budgets:
-        bids = ("bids", budget)
-        if bids not in groups:
+    """Plain statements and a table: did BIDS beat LESS, random, quota and the full pool?"""
+    bids_budgets = [b for b in budgets if ("bids", b) in groups]
+    if not bids_budgets:
+        return ["- (no BIDS runs)"]
+    lines: list[str] = []
+    for other in ("less", "random", "quota"):
+        diffs = [(b, _paired(groups, ("bids", b), (other, b), "macro")) for b in bids_budgets if (other, b) in groups]
+        if not diffs:
             continue
-        parts = []
+        won = [b for b, (mean, *_rest) in diffs if mean > 0]
+        shown = ", ".join(f"{b:.0%}: {100 * d[0]:+.1f}" for b, d in diffs)
+        lines.append(
+            f"- BIDS {'beat' if len(won) == len(diffs) else 'did not consistently beat'} **{other}** on macro "
+            f"accuracy: higher at {len(won)} of {len(diffs)} budgets (BIDS − {other}, points: {shown})."
+        )
+    if (FULL, None) in groups:
+        diffs = [(b, _paired(groups, ("bids", b), (FULL, None), "macro")) for b in bids_budgets]
+        shown = ", ".join(f"{b:.0%}: {100 * d[0]:+.1f}" for b, d in diffs)
+        won = [b for b, (mean, *_rest) in diffs if mean > 0]
+        lines.append(
+            f"- BIDS subsets scored a higher macro accuracy than training on the **full pool** at "
+            f"{len(won)} of {len(diffs)} budgets (BIDS − full, points: {shown})."
+        )
+    spread = n_seeds > 1
+    lines += [
+        "",
+        "Paired by seed: mean difference" + (" ± std over seeds" if spread else "")
+        + " in accuracy points, and in how many seeds BIDS was higher.",
+        "",
+        "| BIDS budget | compared with | Δ macro | BIDS higher | Δ worst task | BIDS higher |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for budget in bids_budgets:
         for other in (("less", budget), ("random", budget), ("quota", budget), (FULL, None)):
             if other not in groups:
                 continue
+            cells = []
             for column in ("macro", "worst"):
-                mean, std, wins, n = _paired(groups, bids, other, column)
-                if n == 0:
-                    continue
-                word = "beat" if mean > 0 else ("tied" if mean == 0 else "lost to")
-                spread = f" ± {100 * std:.1f}" if n > 1 else ""
-                parts.append(
-                    f"{word} {_label(other)} on {column} accuracy by {100 * mean:+.1f}{spread} points "
-                    f"(higher in {wins} of {n} seed{'s' if n > 1 else ''})"
-                )
-        lines.append(f"- **BIDS {budget:.0%}**: " + "; ".join(parts) + ".")
+                mean, std, wins, n = _paired(groups, ("bids", budget), other, column)
+                cells += [f"{100 * mean:+.1f}" + (f" ± {100 * std:.1f}" if spread else ""), f"{wins}/{n}"]
+            lines.append(f"| {budget:.0%} | {_label(other)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -111,7 +131,7 @@ def write_report(results_file: Path, out: Path, plots: bool = True) -> list[Path
         "Does influence-based selection pick data that trains a model well on *every* capability? "
         "A small Llama (pretrained here on narrative text from the task generators) is LoRA-fine-tuned "
         "on subsets chosen by each method through dsel's own pipeline, and scored by exact match on "
-        "held-out test sets of five synthetic capabilities (README.md beside this file).",
+        f"held-out test sets of {len(tasks.TASKS)} synthetic capabilities (README.md beside this file).",
         "",
         f"- Command: `{document['command']}`",
         f"- Size: **{size['name']}**: {n_seeds} seed(s); pool {size['data']['pool']} examples "
@@ -122,15 +142,17 @@ def write_report(results_file: Path, out: Path, plots: bool = True) -> list[Path
     ]
     if document.get("skipped_methods"):
         lines.append(f"- Skipped (not available in this dsel): {', '.join(document['skipped_methods'])}.")
+    for label, error in (document.get("failed_methods") or {}).items():
+        lines.append(f"- **{label} failed inside dsel** and has no results: `{error[:300]}`.")
     lines += ["", "## Verdict", ""]
-    lines += verdict_lines(groups, budgets, n_seeds) or ["- (no BIDS runs)"]
+    lines += verdict_lines(groups, budgets, n_seeds)
     lines += [
         "",
         "## Accuracy (%)",
         "",
         "Exact-match accuracy on held-out test sets"
         + (", mean ± std over seeds" if n_seeds > 1 else "")
-        + ". macro = mean over the five tasks; worst = the run's lowest task.",
+        + f". macro = mean over the {len(tasks.TASKS)} tasks; worst = the run's lowest task.",
         "",
         "| method | n | " + " | ".join(COLUMNS) + " |",
         "|---|---:|" + "---:|" * len(COLUMNS),
@@ -152,13 +174,13 @@ def write_report(results_file: Path, out: Path, plots: bool = True) -> list[Path
     kinds = (*tasks.TASKS, tasks.DISTRACTOR)
     lines += [
         "",
-        "The narrative-form row asks the base model in the pretraining format (\"37 + 85 = \"): what "
-        "the skill was before instruction tuning.",
+        "The narrative-form row asks the base model in its pretraining format (\"after 389 comes \"): "
+        "the skill it had before instruction tuning, which the chat form has to recover.",
         "",
         "## Composition of the selected subsets",
         "",
         "Examples per true task in each subset (mean over seeds); the pool has equal shares of "
-        f"the five tasks plus {size['data']['distractor_share']:.0%} `{tasks.DISTRACTOR}` distractors.",
+        f"the {len(tasks.TASKS)} tasks plus {size['data']['distractor_share']:.0%} `{tasks.DISTRACTOR}` distractors.",
         "",
         "| method | " + " | ".join(kinds) + " |",
         "|---|" + "---:|" * len(kinds),

@@ -66,6 +66,7 @@ METHODS: list[Method] = [
     Method("influence-distillation", {"method": "influence-distillation"}, "Nikdan et al. 2025"),
 ]
 FULL_POOL = "full"
+CORE_METHODS = ("random", "less", "quota", "bids")  # a failure of these stops the benchmark
 
 
 # --- sizes ---------------------------------------------------------------------------------
@@ -110,15 +111,15 @@ def size_preset(name: str) -> Size:
         data = tasks.PoolSizes(pool=3000, validation_per_task=8, test_per_task=test_sets)
         return Size(
             "full", 3, (0.05, 0.10, 0.15), data,
-            pretrain.PretrainConfig(steps=600, test_sizes=data),
+            pretrain.PretrainConfig(steps=2000, test_sizes=data),
             finetune.FinetuneRecipe(),
             _dsel_sections(0.05, 2, 2048, 16),
         )
     if name == "quick":
-        data = tasks.PoolSizes(pool=1200, validation_per_task=8, test_per_task=test_sets)
+        data = tasks.PoolSizes(pool=1000, validation_per_task=8, test_per_task=test_sets)
         return Size(
             "quick", 1, (0.15,), data,
-            pretrain.PretrainConfig(steps=250, test_sizes=data),
+            pretrain.PretrainConfig(steps=800, test_sizes=data),
             finetune.FinetuneRecipe(),
             _dsel_sections(0.05, 2, 1024, 16),
         )
@@ -180,6 +181,7 @@ def run_seed(
     test: dict[str, list[tasks.Item]],
     log: Callable[[str], None],
     record: Callable[[dict[str, Any]], None],
+    failed: dict[str, str],
 ) -> None:
     from selection.local import run_selection
 
@@ -216,7 +218,14 @@ def run_seed(
         for method in methods:
             resource = selection_resource(size, seed, base_dir, inputs, method, budget)
             started = time.perf_counter()
-            document = run_selection(resource, storage_uri=str(storage), cache_dir=str(work / "models"), progress=False)
+            try:
+                document = run_selection(resource, storage_uri=str(storage), cache_dir=str(work / "models"), progress=False)
+            except Exception as error:  # noqa: BLE001 — one broken method must not sink the others
+                if method.label in CORE_METHODS:
+                    raise
+                log(f"  seed {seed} {method.label} {budget:.0%}: FAILED in dsel: {type(error).__name__}: {error}")
+                failed.setdefault(method.label, f"{type(error).__name__}: {error}")
+                continue
             seconds = time.perf_counter() - started
             log(f"  seed {seed} selected {method.label} {budget:.0%}: {len(document['indices'])} examples in {seconds:.0f} s")
             train_and_score(
@@ -262,7 +271,7 @@ def versions() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.quality.run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 seed, budget 15%%, a 1200-example pool (< 10 min)")
+    parser.add_argument("--quick", action="store_true", help="1 seed, budget 15%%, a 1000-example pool, shorter pretraining (< 10 min)")
     parser.add_argument("--size", choices=("full", "quick", "smoke"), help="preset (smoke: the CI test's size)")
     parser.add_argument("--seeds", type=int, help="number of seeds (default: 3 full, 1 quick)")
     parser.add_argument("--budgets", type=float, nargs="+", help="fractions of the pool (default: 0.05 0.10 0.15)")
@@ -301,7 +310,18 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    torch.set_num_threads(args.threads)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)  # restored at the end: the smoke test runs in pytest's process
+    try:
+        return _run(args, name, size, out, cache, methods, skipped, log, argv)
+    finally:
+        torch.set_num_threads(threads_before)
+        log_file.close()
+
+
+def _run(args, name: str, size: Size, out: Path, cache: Path, methods: list[Method], skipped: list[str], log, argv) -> int:
+    import torch
+
     torch.manual_seed(0)
     command = "python -m bench.quality.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     log(f"$ {command.strip()}")
@@ -325,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"base model {base_dir.name}: narrative-form accuracy {base_scores['narrative']}, chat-form {base_scores['chat']}")
 
     records: list[dict[str, Any]] = []
+    failed: dict[str, str] = {}  # method label -> first error, for methods dsel could not run
     results_file = out / "results.json"
 
     def save(final: bool) -> None:
@@ -334,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             "versions": versions(),
             "methods": [asdict(m) for m in methods],
             "skipped_methods": skipped,
+            "failed_methods": failed,
             "base_model": {"dir": base_dir.name, "accuracy": base_scores},
             "timings_seconds": timings,
             "finished": final,
@@ -352,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work)
         t0 = time.perf_counter()
         log(f"seed {seed}: work in {work}")
-        run_seed(size, seed, base_dir, work, methods, test, log, record)
+        run_seed(size, seed, base_dir, work, methods, test, log, record, failed)
         timings[f"seed {seed}"] = round(time.perf_counter() - t0, 1)
     timings["total"] = round(time.perf_counter() - started, 1)
     save(final=True)
@@ -361,7 +383,6 @@ def main(argv: list[str] | None = None) -> int:
 
     written = report.write_report(results_file, out, plots=not args.no_plots)
     log(f"done in {timings['total'] / 60:.1f} min; report: {', '.join(str(p) for p in written)}")
-    log_file.close()
     return 0
 
 

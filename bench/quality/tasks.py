@@ -1,22 +1,25 @@
 """Synthetic capabilities with exact-match answers and deliberately unequal influence.
 
-Five tasks, chosen so that their per-example gradients differ in length, loss scale and
-difficulty (what makes influence scores of one task intrinsically larger than another's):
+Six tasks whose per-example gradients differ in answer length, loss scale and difficulty (what
+makes the influence of one task intrinsically larger than another's, the bias BIDS corrects):
 
-  task      instruction (user turn)                            answer          answer tokens
-  add       "What is 482 + 37?"                                "519"           2-4   hard (carries)
-  reverse   "Reverse the string: kqzmt"                        "tmzqk"         4-8   medium
-  sort      "Sort these digits: 5 2 8 1 7"                     "1 2 5 7 8"     7-13  medium, long
-  count     "How many times does a appear in abcaab?"          "3"             1     hard
-  lookup    "q=41 b=73 x=15. What is the value of b?"          "73"            2     easy
+  task       prompt (user turn)              answer        answer tokens  base model (pretrained)
+  successor  "after 389 comes"               "390"         1-4            learns it well
+  larger     "of 41 and 17 the larger is"    "41"          2              learns it well
+  parity     "4718 is"                       "even"/"odd"  3-4, 2 values  hardly (near chance)
+  count      "bcaab has ? a:"                "2"           1              hardly
+  lookup     "q=41 b=73 x=15; b is"          "73"          2              partly
+  sort       "5 2 8 1 in order is"           "1 2 5 8"     5-11           partly
 
-plus `chatter`, a distractor: "Tell me about the river." answered by random words, which
-cannot be learned and teaches no capability (it only has large, noisy gradients).
+plus `chatter`, a distractor ("Tell me about the river." answered by random words): it cannot
+be learned and teaches no capability; it only has large, noisy gradients.
 
-Every capability also exists in a second surface form, the "narrative" form
-("482 + 37 = 519."), which the base model sees during pretraining; instruction tuning has to
-map the chat form onto it. This mirrors what instruction tuning does to a pretrained LLM (elicit
-a skill in a new format) and keeps a small LoRA budget meaningful.
+The base model is pretrained on "narrative" lines, the prompt followed by the answer and a full
+stop ("after 389 comes 390."), mixed with chatter text; it never sees the chat template.
+Instruction tuning (LoRA on chat examples) has to teach it to answer inside the template and to
+stop, task by task, and sharpens the skills themselves. (Prompts phrased as instructions
+unrelated to the pretraining text, "What number comes after 389?", did not transfer at all in a
+few hundred LoRA steps with a model this small; see README.md.)
 
 The tokenizer is byte-level, so one character is one token.
 """
@@ -29,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-TASKS: tuple[str, ...] = ("add", "reverse", "sort", "count", "lookup")
+TASKS: tuple[str, ...] = ("successor", "larger", "parity", "count", "lookup", "sort")
 DISTRACTOR = "chatter"
 WORDS = (
     "river stone cloud lamp garden window paper silver orange quiet music bridge forest "
@@ -40,12 +43,18 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 @dataclass(frozen=True)
 class Item:
-    """One instance of a task: the chat question, the exact answer and the narrative line."""
+    """One instance of a task: the prompt, the exact answer and the narrative line."""
 
     task: str
     question: str
     answer: str
-    narrative: str
+
+    @property
+    def narrative(self) -> str:
+        """The pretraining form: prompt, answer, full stop ("after 389 comes 390.")."""
+        if self.task == DISTRACTOR:
+            return self.answer + "."
+        return f"{self.question} {self.answer}."
 
     @property
     def key(self) -> str:
@@ -53,62 +62,54 @@ class Item:
         return f"{self.question}\n{self.answer}"
 
 
-def _add(rng: random.Random) -> Item:
-    a = rng.randint(10, 999)
-    b = rng.randint(10, 999)
-    return Item("add", f"What is {a} + {b}?", str(a + b), f"{a} + {b} = {a + b}.")
+def _successor(rng: random.Random) -> Item:
+    n = rng.randint(1, 998)
+    return Item("successor", f"after {n} comes", str(n + 1))
 
 
-def _reverse(rng: random.Random) -> Item:
-    word = "".join(rng.choice(LETTERS) for _ in range(rng.randint(4, 8)))
-    return Item("reverse", f"Reverse the string: {word}", word[::-1], f"{word} backwards is {word[::-1]}.")
+def _larger(rng: random.Random) -> Item:
+    a, b = rng.sample(range(10, 100), 2)
+    return Item("larger", f"of {a} and {b} the larger is", str(max(a, b)))
 
 
-def _sort(rng: random.Random) -> Item:
-    digits = [rng.randint(0, 9) for _ in range(rng.randint(4, 7))]
-    shown = " ".join(map(str, digits))
-    ordered = " ".join(map(str, sorted(digits)))
-    return Item("sort", f"Sort these digits: {shown}", ordered, f"{shown} in order is {ordered}.")
+def _parity(rng: random.Random) -> Item:
+    n = rng.randint(10, 9999)
+    return Item("parity", f"{n} is", "even" if n % 2 == 0 else "odd")
 
 
 def _count(rng: random.Random) -> Item:
     alphabet = rng.sample("abcdef", 3)
     target = alphabet[0]
-    text = "".join(rng.choice(alphabet) for _ in range(rng.randint(4, 9)))
-    n = text.count(target)
-    return Item(
-        "count",
-        f"How many times does {target} appear in {text}?",
-        str(n),
-        f"{text} has {n} {target}.",
-    )
+    text = "".join(rng.choice(alphabet) for _ in range(rng.randint(3, 8)))
+    return Item("count", f"{text} has ? {target}:", str(text.count(target)))
 
 
 def _lookup(rng: random.Random) -> Item:
-    keys = rng.sample(LETTERS, rng.randint(3, 5))
+    keys = rng.sample(LETTERS, rng.randint(2, 4))
     values = [rng.randint(10, 99) for _ in keys]
     pairs = " ".join(f"{k}={v}" for k, v in zip(keys, values))
     pick = rng.randrange(len(keys))
-    return Item(
-        "lookup",
-        f"{pairs}. What is the value of {keys[pick]}?",
-        str(values[pick]),
-        f"{pairs}; {keys[pick]} is {values[pick]}.",
-    )
+    return Item("lookup", f"{pairs}; {keys[pick]} is", str(values[pick]))
+
+
+def _sort(rng: random.Random) -> Item:
+    digits = [rng.randint(0, 9) for _ in range(rng.randint(3, 6))]
+    return Item("sort", " ".join(map(str, digits)) + " in order is", " ".join(map(str, sorted(digits))))
 
 
 def _chatter(rng: random.Random) -> Item:
     topic = rng.choice(WORDS)
     answer = " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 10)))
-    return Item(DISTRACTOR, f"Tell me about the {topic}.", answer, answer + ".")
+    return Item(DISTRACTOR, f"Tell me about the {topic}.", answer)
 
 
 GENERATORS: dict[str, Callable[[random.Random], Item]] = {
-    "add": _add,
-    "reverse": _reverse,
-    "sort": _sort,
+    "successor": _successor,
+    "larger": _larger,
+    "parity": _parity,
     "count": _count,
     "lookup": _lookup,
+    "sort": _sort,
     DISTRACTOR: _chatter,
 }
 
@@ -219,17 +220,29 @@ def write_selection_inputs(data: Datasets, directory: Path) -> dict[str, object]
 
 
 def pretraining_lines(
-    rng: random.Random, count: int, exclude: set[str] = frozenset(), tasks: Sequence[str] = TASKS
+    rng: random.Random, count: int, exclude: set[str] = frozenset(), tasks: Sequence[str] | None = None
 ) -> list[str]:
     """Generic text from the same generators: narrative forms of every capability and chatter.
 
     Never the chat form, so the base model has the skills but not the instruction format.
     Instances whose question is in `exclude` (the test sets) are skipped.
     """
-    kinds = list(tasks) + [DISTRACTOR]
-    lines: list[str] = []
-    while len(lines) < count:
+    return [prefix + completion for prefix, completion in pretraining_pieces(rng, count, exclude, tasks)]
+
+
+def pretraining_pieces(
+    rng: random.Random, count: int, exclude: set[str] = frozenset(), tasks: Sequence[str] | None = None
+) -> list[tuple[str, str]]:
+    """Narrative lines split into (context, completion): the prompt, then the answer
+    ("after 389 comes " | "390."); a chatter line is all completion (generic text)."""
+    kinds = list(TASKS if tasks is None else tasks) + [DISTRACTOR]
+    pieces: list[tuple[str, str]] = []
+    while len(pieces) < count:
         item = make_item(rng.choice(kinds), rng)
-        if item.question not in exclude:
-            lines.append(item.narrative)
-    return lines
+        if item.question in exclude:
+            continue
+        if item.task == DISTRACTOR:
+            pieces.append(("", item.narrative))
+        else:
+            pieces.append((item.question + " ", item.answer + "."))
+    return pieces
