@@ -72,12 +72,14 @@ def lora_segments(model) -> list[LoraSegment]:
     Raises UnsupportedModelError for anything but bias-free LoRA Linear weights (e.g. DoRA
     magnitudes, trainable biases, embeddings, modules_to_save): use `ReferenceExtractor` there.
     """
+    trainable = trainable_parameters(model)
+    names = tuple(name for name, _ in trainable)
     cached = _LAYOUTS.get(model)
-    if cached is not None:
-        return cached
+    if cached is not None and cached[0] == names:
+        return cached[1]
     modules = dict(model.named_modules())
     segments, offset = [], 0
-    for name, parameter in trainable_parameters(model):
+    for name, parameter in trainable:
         owner, _, attribute = name.rpartition(".")
         module = modules.get(owner)
         parts = owner.split(".")
@@ -93,11 +95,14 @@ def lora_segments(model) -> list[LoraSegment]:
         offset += parameter.numel()
     if not segments:
         raise UnsupportedModelError("gradient engine: the model has no trainable LoRA parameters")
-    _LAYOUTS[model] = segments
+    _LAYOUTS[model] = (names, segments)
     return segments
 
 
-_LAYOUTS: "weakref.WeakKeyDictionary[torch.nn.Module, list[LoraSegment]]" = weakref.WeakKeyDictionary()
+# Per model: (trainable parameter names, segments), recomputed when the trainable set changes.
+_LAYOUTS: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple[str, ...], list[LoraSegment]]]" = (
+    weakref.WeakKeyDictionary()
+)
 
 Sink = Callable[[LoraSegment, torch.Tensor], None]
 
@@ -146,7 +151,6 @@ def backward_per_example(
     segments = lora_segments(model)
     rows = batch["input_ids"].shape[0]
     token_mask = batch["attention_mask"].bool()
-    split = DecoderHead.for_model(model, batch["input_ids"])
     workspace = workspace if workspace is not None else Workspace()
     stops: list[torch.Tensor] = []  # lora_A outputs: the backward's inputs
     calls: dict[int, int] = {}
@@ -189,16 +193,18 @@ def backward_per_example(
 
         return hook
 
-    handles = [s.module.register_forward_hook(forward_hook(i)) for i, s in enumerate(segments)]
-    was_training = model.training
-    model.eval()  # dropout off: gradients of the deterministic model
     device_type = batch["input_ids"].device.type
     autocast = (
         torch.autocast(device_type=device_type, dtype=autocast_dtype)
         if autocast_dtype is not None
         else contextlib.nullcontext()
     )
+    was_training = model.training
+    model.eval()  # dropout off: gradients of the deterministic model
+    handles = []
     try:
+        split = DecoderHead.for_model(model, batch["input_ids"])  # checked without hooks or autocast
+        handles = [s.module.register_forward_hook(forward_hook(i)) for i, s in enumerate(segments)]
         with torch.enable_grad():
             with autocast:
                 if split is not None:
@@ -285,8 +291,13 @@ class LoraGradientEngine:
             start += size
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def _adam_segments(self, precondition, device: torch.device) -> _AdamSegments:
+    def _adam_segments(self, precondition, device: torch.device, total: int) -> _AdamSegments:
         if self._adam is None or self._adam.source is not precondition or self._adam.device != device:
+            if precondition.exp_avg.numel() != total or precondition.exp_avg_sq.numel() != total:
+                raise ValueError(
+                    f"gradient engine: the Adam moments have {precondition.exp_avg.numel()} entries, "
+                    f"the model has {total} LoRA parameters"
+                )
             self._adam = None  # free the previous checkpoint's moments first
             self._adam = _AdamSegments(precondition, device)
         return self._adam
@@ -296,12 +307,18 @@ class LoraGradientEngine:
 
         rows = batch["input_ids"].shape[0]
         device = batch["input_ids"].device
+        total = sum(s.numel for s in lora_segments(model))
+        if projector.input_dim != total:
+            raise ValueError(
+                f"gradient engine: the projector expects {projector.input_dim} coordinates, "
+                f"the model has {total} LoRA parameters"
+            )
         streaming = hasattr(projector, "project_segment") and (
             precondition is None or isinstance(precondition, AdamPreconditioner)
         )
         if streaming:
             out = torch.zeros(rows, projector.output_dim, dtype=torch.float32, device=device)
-            adam = self._adam_segments(precondition, device) if precondition is not None else None
+            adam = self._adam_segments(precondition, device, total) if precondition is not None else None
 
             def sink(segment: LoraSegment, grads: torch.Tensor) -> None:
                 if adam is not None:
@@ -310,7 +327,6 @@ class LoraGradientEngine:
                 projector.project_segment(grads, segment.offset, out, consume=True)
 
         else:
-            total = sum(s.numel for s in lora_segments(model))
             flat = torch.zeros(rows, total, dtype=torch.float32, device=device)
 
             def sink(segment: LoraSegment, grads: torch.Tensor) -> None:

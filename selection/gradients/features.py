@@ -2,7 +2,9 @@
 
 `FeatureExtractor` is the swappable part: it returns projected (not yet normalized) features of
 one collated batch. `ReferenceExtractor` is the plain definition (one backward per example,
-flatten, precondition, project) that faster extractors are tested against.
+flatten, precondition, project) that faster extractors are tested against;
+`selection.gradients.engine.LoraGradientEngine` (one batched backward, per-layer Adam transform
+and projection) is the one the pipeline uses (`default_extractor`).
 """
 
 from __future__ import annotations

@@ -11,11 +11,14 @@ whatever its shard, device or thread count, and any block can be regenerated on 
   (generated blocks are cached up to 1 GiB, the rest regenerated), so it dominates extraction on
   CPU once p is large (docs/PERFORMANCE_NOTES.md).
 - `CountSketchProjector` (the fast option): row i of P has a single nonzero, a random sign s(i) in
-  column h(i). Block b draws R buckets (integers in [0, d)) and then R signs (bits, 1 -> +1).
-  O(p) memory and O(p) work per vector. For any two vectors its inner-product estimate is unbiased
-  with exactly the same variance as the dense Rademacher one,
-  (|x|^2 |y|^2 + <x,y>^2 - 2 sum_i x_i^2 y_i^2) / d, so cosines are preserved as well
-  (bench/gradients.py measures both against the exact cosines).
+  column h(i). Block b draws R buckets (integers in [0, d)) and then R signs (bits, 1 -> +1); a
+  last, partial block uses the first rows of those draws.
+  O(p) memory (5 bytes per coordinate) and O(p) work per vector. For any two vectors its
+  inner-product estimate is unbiased with exactly the same variance as the dense Rademacher one,
+  (|x|^2 |y|^2 + <x,y>^2 - 2 sum_i x_i^2 y_i^2) / d; norms and their covariances match too. Its
+  error is less concentrated, though: on LoRA gradients (r=8, 32 examples, d=8192) the RMS cosine
+  error over 16 seeds was 0.009 (0.005-0.015 per seed) against 0.007 (0.005-0.010) for the dense
+  projection. bench/gradients.py measures both against the exact cosines.
 - `IdentityProjector`: d = p, no projection; tests and the benchmark use it to see raw gradients.
 
 Every projector maps (B, p) to (B, d) with `project`. Those that can also take a slice of the
@@ -147,11 +150,11 @@ class CountSketchProjector:
         for index in range(math.ceil(input_dim / BLOCK_ROWS)):
             start = index * BLOCK_ROWS
             rows = min(BLOCK_ROWS, input_dim - start)
-            rng = _block_rng(seed, index, self.KIND)
-            self.buckets[start : start + rows] = torch.from_numpy(
-                rng.integers(0, output_dim, size=rows, dtype=np.int64).astype(np.int32)
-            )
-            self.signs[start : start + rows] = torch.from_numpy(rng.integers(0, 2, size=rows, dtype=np.int8) * 2 - 1)
+            rng = _block_rng(seed, index, self.KIND)  # always a full block's draws: rows never depend on p
+            buckets = rng.integers(0, output_dim, size=BLOCK_ROWS, dtype=np.int64)[:rows]
+            signs = rng.integers(0, 2, size=BLOCK_ROWS, dtype=np.int8)[:rows] * 2 - 1
+            self.buckets[start : start + rows] = torch.from_numpy(buckets.astype(np.int32))
+            self.signs[start : start + rows] = torch.from_numpy(signs)
         self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self._buffers: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.largest_block_bytes = 0  # never materializes a dense block
