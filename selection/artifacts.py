@@ -51,6 +51,25 @@ FEATURES_FILE = "features.npy"
 SCORES_FILE = "scores.npy"
 
 
+# Influence distillation (selection.jobs.distill). Under features/ and scores/ like the gradient
+# artifacts, so the artifact URIs reported in the resource status cover them too.
+def embeddings_prefix(shard: int, shards: int) -> str:
+    """JVP embeddings of the shard's rows: EMBEDDINGS_FILE, (rows, E) float32."""
+    return f"features/embeddings/{shard_name(shard, shards)}"
+
+
+def landmark_features_prefix(epoch: int, shard: int, shards: int) -> str:
+    """Projected Adam-aware gradient features of the shard's slice of the landmarks: FEATURES_FILE
+    (fp16 unit rows) and LANDMARKS_FILE (their pool indices)."""
+    return f"features/landmarks/checkpoint-{epoch:03d}/{shard_name(shard, shards)}"
+
+
+DISTILLED_SCORES_PREFIX = "scores/distilled"  # SCORES_FILE (N x M float32) and LANDMARK_SCORES_FILE
+EMBEDDINGS_FILE = "embeddings.npy"
+LANDMARKS_FILE = "landmarks.npy"
+LANDMARK_SCORES_FILE = "landmark-scores.npy"
+
+
 def npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from selection.jobs import extract, reduce, score, warmup
+from selection.jobs import distill, extract, reduce, score, warmup
 from selection.jobs.context import JobArgs, StageContext
 from selection.spec import DataSelection
 
@@ -44,7 +44,11 @@ def run_selection(
     cache_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run warmup, extraction, scoring and reduction; return the selection document."""
+    """Run warmup, extraction, scoring and reduction; return the selection document.
+
+    With influence distillation, embeddings and landmark gradients replace extraction and
+    scoring (the same per-shard function the Indexed Job runs), and the reduction propagates.
+    """
     args = JobArgs(
         resource=resource,
         storage_uri=storage_uri or default_storage_uri(resource),
@@ -62,14 +66,18 @@ def run_selection(
                 bar.update(1)
 
             warmup.run(ctx, progress=on_step)
-        epochs = len(ctx.epochs)
-        total = epochs * (len(ctx.train_examples) + len(ctx.validation_examples))
-        with _bar(progress, total, "gradients") as bar:
-            extract.ensure_validation_features(ctx, progress=bar.update)
+        if spec.uses_distillation:
+            with _bar(progress, distill.work_items(ctx), "distillation") as bar:
+                for shard in range(spec.gradients.shards):
+                    distill.run_shard(ctx, shard, progress=bar.update)
+        else:
+            epochs = len(ctx.epochs)
+            total = epochs * len(ctx.train_examples)  # validation features came with the warmup
+            with _bar(progress, total, "gradients") as bar:
+                for shard in range(spec.gradients.shards):
+                    extract.run(ctx, shard, progress=bar.update)
             for shard in range(spec.gradients.shards):
-                extract.run(ctx, shard, progress=bar.update)
-        for shard in range(spec.gradients.shards):
-            score.run(ctx, shard)
+                score.run(ctx, shard)
         document = reduce.run(ctx)
         document = dict(document)
         document["artifacts"] = ctx.artifacts.store.uri

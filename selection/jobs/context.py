@@ -249,6 +249,66 @@ class StageContext:
             {"scores": self.scores_fingerprint, "selection": self.spec.selection.model_dump(mode="json")}
         )
 
+    # --- influence distillation (selection.jobs.distill) -----------------------------------
+    @property
+    def distillation_epoch(self) -> int:
+        """The checkpoint distillation uses for embeddings, landmark and validation gradients: the last."""
+        return self.epochs[-1]
+
+    def _embedding_inputs(self) -> dict[str, Any]:
+        d = self.spec.distillation
+        return {
+            "warmup": self.warmup_fingerprint,
+            "epoch": self.distillation_epoch,
+            "blocks": d.blocks,
+            "tangents": d.tangents,
+            "embed_dim": d.embed_dim,
+            "seed": d.seed,
+            "batch_size": self.spec.gradients.batch_size,
+        }
+
+    def _landmark_inputs(self) -> dict[str, Any]:
+        d = self.spec.distillation
+        return {
+            "warmup": self.warmup_fingerprint,
+            "epoch": self.distillation_epoch,
+            "landmarks": d.landmarks,
+            "seed": d.seed,
+            "batch_size": self.spec.gradients.batch_size,
+            "train_type": self.spec.gradients.train_type,
+            **self._gradients_part(),
+        }
+
+    @cached_property
+    def embeddings_fingerprint(self) -> str:
+        return spec_module.spec_fingerprint(
+            {"embeddings": self._embedding_inputs(), "shards": self.spec.gradients.shards}
+        )
+
+    @cached_property
+    def landmark_fingerprint(self) -> str:
+        return spec_module.spec_fingerprint(
+            {"landmarks": self._landmark_inputs(), "shards": self.spec.gradients.shards}
+        )
+
+    @cached_property
+    def distilled_scores_fingerprint(self) -> str:
+        """Independent of the shard layout: distilled scores are the same whatever the sharding."""
+        return spec_module.spec_fingerprint(
+            {
+                "embeddings": self._embedding_inputs(),
+                "landmarks": self._landmark_inputs(),
+                "validation": self.validation_fingerprint,
+                "ridge": self.spec.distillation.ridge,
+            }
+        )
+
+    @cached_property
+    def distilled_selection_fingerprint(self) -> str:
+        return spec_module.spec_fingerprint(
+            {"scores": self.distilled_scores_fingerprint, "selection": self.spec.selection.model_dump(mode="json")}
+        )
+
     # --- layout ---------------------------------------------------------------------------
     @property
     def epochs(self) -> list[int]:

@@ -3,6 +3,8 @@
 `selection.json` holds the ordered indices, method, parameters, per-task composition and the
 checksums of the score shards it read; `selected.jsonl` holds the selected training lines in
 selection order, ready for the user's fine-tuning step. Both are committed together.
+With influence distillation the matrix is the distilled one, built here first
+(`selection.jobs.distill`), and `selection.json` also carries an "influence" summary.
 """
 
 from __future__ import annotations
@@ -40,11 +42,19 @@ def run(ctx: StageContext) -> dict[str, Any]:
     """Reduce (unless this exact selection is finished) and return the selection document."""
     from selection.reduce import reduce_matrix, resolve_budget
 
-    store, fingerprint = ctx.artifacts, ctx.selection_fingerprint
+    distilled = ctx.spec.uses_distillation
+    store = ctx.artifacts
+    fingerprint = ctx.distilled_selection_fingerprint if distilled else ctx.selection_fingerprint
     prefix = artifacts.SELECTION_PREFIX
     if store.is_done(prefix, fingerprint, replace_stale=True):
         return store.load_json(prefix, artifacts.SELECTION_FILE)
-    matrix, checksums = _gather_scores(ctx)
+    influence = None
+    if distilled:
+        from selection.jobs import distill
+
+        matrix, checksums, influence = distill.distilled_matrix(ctx)
+    else:
+        matrix, checksums = _gather_scores(ctx)
     pool = ctx.train_examples
     if matrix.shape[0] != len(pool):
         raise artifacts.StaleArtifactError(
@@ -68,6 +78,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "subsetUri": store.uri(prefix, artifacts.SUBSET_FILE),
         }
     )
+    if influence is not None:
+        document["influence"] = influence
     subset = "".join(pool[i].raw + "\n" for i in result.indices).encode()
     store.save_json_files(
         prefix,

@@ -1,4 +1,8 @@
-"""Extract then score one shard: what each completion of the Indexed extraction Job runs."""
+"""Extract then score one shard: what each completion of the Indexed extraction Job runs.
+
+With influence distillation (`spec.uses_distillation`) a completion computes the shard's JVP
+embeddings and its slice of the landmark gradients instead (`selection.jobs.distill.run_shard`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,11 @@ from selection.jobs.context import StageContext
 
 
 def run(ctx: StageContext, shard: int) -> None:
+    if ctx.spec.uses_distillation:
+        from selection.jobs import distill
+
+        distill.run_shard(ctx, shard)
+        return
     extract.run(ctx, shard)
     score.run(ctx, shard)
 

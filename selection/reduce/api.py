@@ -5,8 +5,10 @@ from __future__ import annotations
 import numbers
 from typing import Sequence
 
-from selection.reduce import bids, simple
-from selection.reduce.base import GRANULARITIES, METHODS, Reduction, ReductionError, resolve_budget
+from selection.reduce import bids, influence_distillation, simple
+from selection.reduce.base import (
+    ALL_METHODS, GRANULARITIES, ROUND_ROBIN, Reduction, ReductionError, resolve_budget,
+)
 from selection.reduce.matrix import as_matrix, check_tasks
 from selection.reduce.normalize import column_stats, task_groups  # not the module: `normalize` is a switch here
 
@@ -28,12 +30,13 @@ def reduce_matrix(
     tasks: one task label per column.
     budget: a count in [1, N] (a float or a string goes through `resolve_budget`).
     granularity, normalize, iterative: the BIDS switches (ignored by other methods).
-    seed: the random method's seed (ignored by other methods).
+    seed: the seed of the random method and of influence-distillation's round-robin column
+        orders (ignored by other methods).
     The matrix must be finite (every method checks, in one pass with the column statistics).
     """
-    if method not in METHODS:
+    if method not in ALL_METHODS:
         raise ReductionError(
-            f"unknown method {method!r}; expected one of {', '.join(METHODS)}", input="method"
+            f"unknown method {method!r}; expected one of {', '.join(ALL_METHODS)}", input="method"
         )
     if granularity not in GRANULARITIES:
         raise ReductionError(
@@ -43,7 +46,8 @@ def reduce_matrix(
     a = as_matrix(matrix)
     labels = check_tasks(tasks, a.shape[1])
     count = resolve_budget(budget, a.shape[0])
-    if method == "random" and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+    seeded = method in ("random", ROUND_ROBIN)
+    if seeded and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
         raise ReductionError(f"seed {seed!r} must be a non-negative integer", input="seed")
     stats = column_stats(a)  # also rejects NaN/inf, naming the first one
     groups = task_groups(labels)
@@ -64,6 +68,9 @@ def reduce_matrix(
     elif method == "quota":
         indices = simple.quota_order(a, stats, groups, count)
         parameters = {"method": method}
+    elif method == ROUND_ROBIN:
+        indices = influence_distillation.round_robin_order(a, count, int(seed))
+        parameters = {"method": method, "seed": int(seed)}
     else:
         indices = simple.random_order(a.shape[0], count, int(seed))
         parameters = {"method": method, "seed": int(seed)}

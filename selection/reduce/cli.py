@@ -42,6 +42,11 @@ methods:
           example by its task-mean Ã (ties: lowest index), until B: floor(B/K) or one more
           per task.
   random  numpy.random.default_rng(SEED).choice(N, size=B, replace=False), in drawn order.
+  influence-distillation
+          round robin over the M columns of A as is (Influence Distillation's selection, for
+          its distilled matrix): each round visits the columns in a fresh order
+          numpy.random.default_rng(SEED).permutation(M); each column takes its highest
+          not-yet-selected example (ties: lowest index), until B are selected.
   All arithmetic is float64 (see selection/reduce/normalize.py for its exact definition).
 
 output (JSON, to --output or standard output):
@@ -66,7 +71,7 @@ def _seed(text: str) -> int:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    from selection.reduce.base import GRANULARITIES, METHODS
+    from selection.reduce.base import ALL_METHODS, GRANULARITIES
 
     parser.add_argument(
         "--matrix", required=True, metavar="PATH",
@@ -76,7 +81,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tasks", required=True, metavar="PATH", help="text file, one task label per matrix column"
     )
     parser.add_argument(
-        "--method", choices=METHODS, default="bids", help="reduction method (default: %(default)s)"
+        "--method", choices=ALL_METHODS, default="bids", help="reduction method (default: %(default)s)"
     )
     parser.add_argument(
         "--budget", required=True, metavar="B",
@@ -106,7 +111,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ablation: keep r = 0 (pick the B largest row maxima)",
     )
     parser.add_argument(
-        "--seed", type=_seed, default=0, help="seed of the random method (default: %(default)s)"
+        "--seed", type=_seed, default=0,
+        help="seed of the random method and of the influence-distillation round-robin orders (default: %(default)s)"
     )
 
 
@@ -114,7 +120,7 @@ def add_reduce_parser(subparsers) -> argparse.ArgumentParser:
     """Add `reduce` to a `dsel` argparse subparsers object; its handler is `run_reduce`."""
     parser = subparsers.add_parser(
         "reduce",
-        help="select examples from an attribution matrix (bids, less, quota, random)",
+        help="select examples from an attribution matrix (bids, less, quota, random, influence-distillation)",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
