@@ -257,30 +257,31 @@ def total(times: dict[str, Timer], prefix: str) -> Timer:
 
 def print_tables(results: list[PoolResult]) -> None:
     print("\nwall seconds (CPU seconds of this process); warmup excluded from both totals")
-    print(f"{'pool':>8} {'N':>6} {'M':>3} {'C':>2} {'d':>5} | {'warmup':>18} | {'full extract':>18} "
+    print(f"{'pool':>10} {'N':>6} {'M':>3} {'C':>2} {'d':>5} | {'warmup':>18} | {'full extract':>18} "
           f"{'full score':>18} {'FULL total':>18}")
     for r in results:
         t = r.times
-        print(f"{r.name:>8} {r.pool:>6} {r.validation:>3} {r.checkpoints:>2} {r.projection_dim:>5} | "
+        print(f"{r.name:>10} {r.pool:>6} {r.validation:>3} {r.checkpoints:>2} {r.projection_dim:>5} | "
               f"{t['warmup']!s:>18} | {t['full: extract']!s:>18} {t['full: score']!s:>18} "
               f"{total(t, 'full:')!s:>18}")
-    print(f"\n{'pool':>8} {'blocks':>6} {'L':>5} | {'ID landmarks':>18} {'ID embeddings':>18} "
-          f"{'ID propagate':>18} {'ID total':>18} | {'full/ID':>7}")
+    print(f"\n{'pool':>10} {'blocks':>6} {'L':>5} | {'ID landmarks':>18} {'ID embeddings':>18} "
+          f"{'ID propagate':>18} {'ID total':>18} | full/ID wall (CPU)")
     for r in results:
         full = total(r.times, "full:")
         for v in r.variants:
             t = v.times
             distilled = total(t, "id:")
-            print(f"{r.name:>8} {v.kept:>6} {v.landmarks:>5} | {t['id: landmarks']!s:>18} {t['id: embeddings']!s:>18} "
-                  f"{t['id: propagate']!s:>18} {distilled!s:>18} | {full.wall / distilled.wall:>6.2f}x")
+            print(f"{r.name:>10} {v.kept:>6} {v.landmarks:>5} | {t['id: landmarks']!s:>18} {t['id: embeddings']!s:>18} "
+                  f"{t['id: propagate']!s:>18} {distilled!s:>18} | {full.wall / distilled.wall:>6.2f}x "
+                  f"({full.cpu / distilled.cpu:.2f}x)")
     print("(ID total includes loading the model once; blocks is the count used, capped at the model's 2 layers)")
     print("\nagreement between A (full) and p_hat (distilled)")
     columns = [(f"{r.name}/b{v.kept}", v) for r in results for v in r.variants]
     keys = list(columns[0][1].agreement)
     width = max(len(k) for k in keys)
-    print(f"{'':<{width}} " + " ".join(f"{label:>12}" for label, _ in columns))
+    print(f"{'':<{width}} " + " ".join(f"{label:>14}" for label, _ in columns))
     for key in keys:
-        print(f"{key:<{width}} " + " ".join(f"{v.agreement[key]:>12.3f}" for _, v in columns))
+        print(f"{key:<{width}} " + " ".join(f"{v.agreement[key]:>14.3f}" for _, v in columns))
 
 
 def as_json(results: list[PoolResult]) -> list[dict]:
