@@ -255,6 +255,11 @@ class StageContext:
         """The checkpoint distillation uses for embeddings, landmark and validation gradients: the last."""
         return self.epochs[-1]
 
+    @property
+    def validation_epochs(self) -> list[int]:
+        """Checkpoints whose validation features the selection reads."""
+        return [self.distillation_epoch] if self.spec.uses_distillation else self.epochs
+
     def _embedding_inputs(self) -> dict[str, Any]:
         d = self.spec.distillation
         return {

@@ -90,7 +90,8 @@ def run_shard(ctx: StageContext, shard: int, progress: Callable[[int], None] | N
         return
     loaded = load_model(ctx)
     if need_validation:
-        save_validation_features(ctx, loaded, progress)
+        model, tokenizer, _ = loaded
+        extract.ensure_validation_features(ctx, model, tokenizer, progress, epochs=[epoch])
     if need_landmarks:
         save_landmark_features(ctx, loaded, shard, progress)
     if need_embeddings:
@@ -105,25 +106,6 @@ def load_model(ctx: StageContext):
     checkpoint = extract._checkpoint(ctx, ctx.distillation_epoch)
     warmup.apply_adapter(model, checkpoint)
     return model, tokenizer, checkpoint
-
-
-def save_validation_features(ctx: StageContext, loaded, progress: Callable[[int], None] | None = None) -> None:
-    """As extract.ensure_validation_features writes them, for the distillation checkpoint only."""
-    from selection.gradients.features import compute_features, default_extractor
-
-    model, tokenizer, _ = loaded
-    epoch = ctx.distillation_epoch
-    features = compute_features(
-        model, ctx.tokenize(tokenizer, ctx.validation_examples), extractor=default_extractor(),
-        projector=extract._projector(ctx, model), precondition=None, batch_size=ctx.spec.gradients.batch_size,
-        pad_token_id=tokenizer.pad_token_id, progress=progress,
-    )
-    ctx.artifacts.save_arrays(
-        artifacts.validation_features_prefix(epoch),
-        {artifacts.FEATURES_FILE: features},
-        {"fingerprint": ctx.validation_fingerprint, "epoch": epoch, "rows": len(features),
-         "tasks": [e.task for e in ctx.validation_examples]},
-    )
 
 
 def save_landmark_features(

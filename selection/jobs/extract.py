@@ -35,12 +35,19 @@ def _checkpoint(ctx: StageContext, epoch: int):
     return warmup.load_checkpoint(ctx.artifacts.fetch(artifacts.checkpoint_prefix(epoch)))
 
 
-def ensure_validation_features(ctx: StageContext, model=None, tokenizer=None, progress=None) -> None:
+def ensure_validation_features(
+    ctx: StageContext, model=None, tokenizer=None, progress=None, epochs: list[int] | None = None
+) -> None:
+    """Plain validation features of `epochs` (default: every checkpoint) that are not finished.
+
+    With distillation only the last checkpoint is used (`ctx.validation_epochs` says which).
+    """
     from selection import warmup
     from selection.gradients.features import compute_features, default_extractor
 
     store, fingerprint = ctx.artifacts, ctx.validation_fingerprint
-    todo = [e for e in ctx.epochs if not store.is_done(artifacts.validation_features_prefix(e), fingerprint)]
+    wanted = ctx.validation_epochs if epochs is None else epochs
+    todo = [e for e in wanted if not store.is_done(artifacts.validation_features_prefix(e), fingerprint)]
     if not todo:
         return
     if model is None:
