@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 EXIT_BAD_INPUT = 2
 
@@ -33,31 +34,43 @@ def _summary(document: dict[str, Any]) -> str:
 
 
 def _write_output(path: str, document: dict[str, Any]) -> None:
-    """Write atomically: a reader never sees a half-written selection."""
-    import os
-    import tempfile
+    """Write atomically (a reader never sees a half-written selection); see selection.output."""
+    from selection.output import write_output
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(document, stream, indent=2)
-        stream.write("\n")
-    os.replace(temporary, target)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_output(path, json.dumps(document, indent=2) + "\n", "--output")
+
+
+@contextmanager
+def _naming_spec_file(spec_path: str) -> Iterator[None]:
+    """Problems found after parsing (the budget against the pool, LoRA against the model)
+    name the spec file too, like the ones the parser finds."""
+    from selection.spec import SpecError
+
+    try:
+        yield
+    except SpecError as error:
+        if error.source is not None:
+            raise
+        raise SpecError(error.problems, spec_path) from None
 
 
 def _run(args: argparse.Namespace) -> int:
     from selection.local import run_selection
+    from selection.output import check_output_path
     from selection.spec import load_selection
 
     resource = load_selection(args.spec)
-    document = run_selection(
-        resource,
-        storage_uri=args.storage,
-        base_dir=Path(args.spec).resolve().parent,
-        cache_dir=args.cache_dir,
-        progress=not args.quiet,
-    )
+    if args.output:
+        check_output_path(args.output, "--output")  # before hours of work, not after
+    with _naming_spec_file(args.spec):
+        document = run_selection(
+            resource,
+            storage_uri=args.storage,
+            base_dir=Path(args.spec).resolve().parent,
+            cache_dir=args.cache_dir,
+            progress=not args.quiet,
+        )
     if args.output:
         _write_output(args.output, document)
     print(_summary(document))
@@ -73,9 +86,16 @@ def _validate(args: argparse.Namespace) -> int:
     if args.check_data:
         from selection.jobs.context import JobArgs, StageContext
 
-        ctx = StageContext(JobArgs(resource, storage_uri="unused", base_dir=str(Path(args.spec).resolve().parent)))
+        storage = resource.spec.storage
+        ctx = StageContext(JobArgs(resource, storage_uri="unused", endpoint=storage.endpoint, region=storage.region,
+                                   base_dir=str(Path(args.spec).resolve().parent)))
+        try:
+            with _naming_spec_file(args.spec):
+                budget = ctx.preflight()  # the same checks `dsel run` makes before its first stage
+        finally:
+            ctx.close()
         print(f"{args.spec}: {len(ctx.train_examples)} training examples, "
-              f"{len(ctx.validation_examples)} validation examples")
+              f"{len(ctx.validation_examples)} validation examples, budget {budget} examples")
     sel = resource.spec.selection
     print(f"{args.spec}: valid DataSelection '{resource.name}' (method {sel.method}, budget {sel.budget})")
     return 0
@@ -127,7 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except user_errors() as error:
-        print(f"dsel {args.command}: error: {error}", file=sys.stderr)
+        from selection.redact import redact
+
+        print(redact(f"dsel {args.command}: error: {error}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from finished artifacts", file=sys.stderr)

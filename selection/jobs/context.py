@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from selection import artifacts, data, spec as spec_module, storage
-from selection.models import StorageOptions
+from selection.models import StorageOptions, model_identity
 
 
 class JobArgumentError(ValueError):
@@ -174,14 +174,19 @@ class StageContext:
         The first stage calls it, so bad data or an impossible budget fails in seconds instead
         of after warmup and extraction.
         """
+        from selection.model_checks import check_adapter_fits
         from selection.reduce import ReductionError, resolve_budget
 
         pool = len(self.train_examples)
         self.validation_examples
         try:
-            return resolve_budget(self.spec.selection.budget, pool)
+            budget = resolve_budget(self.spec.selection.budget, pool)
         except ReductionError as error:
             raise spec_module.SpecError([("spec.selection.budget", str(error))]) from None
+        self.warmup_fingerprint  # resolves the model source: a missing dir or preset fails here
+        check_adapter_fits(self.spec.model, self.spec.warmup.lora, self.spec.gradients.projection_dim,
+                           cache_dir=self.args.cache_dir, s3=self.s3_options)
+        return budget
 
     # --- model ----------------------------------------------------------------------------
     def load_model(self):
@@ -210,6 +215,8 @@ class StageContext:
         return spec_module.spec_fingerprint(
             {
                 "model": self.spec.model.model_dump(mode="json"),
+                "loaded": model_identity(self.spec.model.source, self.spec.model.revision,
+                                         self.args.cache_dir, self.s3_options),
                 "train_sha256": data.sha256_hex(self._train_bytes),
                 "max_length": self.spec.data.max_length,
                 "warmup": self.spec.warmup.model_dump(mode="json"),

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from selection import artifacts
+from selection import artifacts, data
 from selection.jobs import extract
 from selection.jobs.context import ShardRange, StageContext, shard_range
 
@@ -137,16 +137,19 @@ def save_embeddings(ctx: StageContext, loaded, shard: int, progress: Callable[[i
     g = ctx.spec.gradients
     rows = ctx.shard_range(shard)
     embed = embedder(ctx)
+    tokenized = ctx.tokenize(tokenizer, ctx.train_examples[rows.start : rows.stop])
+    answerless = data.lines_without_answer(
+        ctx.train_examples[rows.start : rows.stop], tokenized, ctx.spec.data.train, ctx.spec.data.max_length
+    )
     embeddings = embed(
-        model, ctx.tokenize(tokenizer, ctx.train_examples[rows.start : rows.stop]),
-        batch_size=g.batch_size, pad_token_id=tokenizer.pad_token_id, progress=progress,
+        model, tokenized, batch_size=g.batch_size, pad_token_id=tokenizer.pad_token_id, progress=progress,
     )
     ctx.artifacts.save_arrays(
         artifacts.embeddings_prefix(shard, g.shards),
         {artifacts.EMBEDDINGS_FILE: embeddings},
         {"fingerprint": ctx.embeddings_fingerprint, "epoch": ctx.distillation_epoch, "start": rows.start,
          "stop": rows.stop, "rows": rows.stop - rows.start, "blocks": embed.kept_blocks(model),
-         "dim": int(embeddings.shape[1])},
+         "dim": int(embeddings.shape[1]), "answerless": answerless},
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from selection import artifacts
+from selection import artifacts, data
 from selection.jobs import runner
 from selection.jobs.context import StageContext
 
@@ -86,6 +86,9 @@ def run(ctx: StageContext, shard: int, progress: Callable[[int], None] | None = 
     model, tokenizer = _feature_model(ctx)
     ensure_validation_features(ctx, model, tokenizer)
     examples = ctx.tokenize(tokenizer, ctx.train_examples[rows.start : rows.stop])
+    answerless = data.lines_without_answer(
+        ctx.train_examples[rows.start : rows.stop], examples, ctx.spec.data.train, ctx.spec.data.max_length
+    )
     projector = _projector(ctx, model)
     for epoch in todo:
         checkpoint = _checkpoint(ctx, epoch)
@@ -101,7 +104,8 @@ def run(ctx: StageContext, shard: int, progress: Callable[[int], None] | None = 
         store.save_arrays(
             artifacts.train_features_prefix(epoch, shard, g.shards),
             {artifacts.FEATURES_FILE: features},
-            {"fingerprint": fingerprint, "epoch": epoch, "start": rows.start, "stop": rows.stop},
+            {"fingerprint": fingerprint, "epoch": epoch, "start": rows.start, "stop": rows.stop,
+             "answerless": answerless},
         )
 
 

@@ -9,12 +9,16 @@ With influence distillation the matrix is the distilled one, built here first
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import shutil
 from typing import Any
 
-from selection import artifacts
+from selection import artifacts, spec as spec_module
 from selection.jobs import runner
 from selection.jobs.context import StageContext
+
+log = logging.getLogger("dsel.jobs.reduce")
 
 
 def _gather_scores(ctx: StageContext):
@@ -38,6 +42,52 @@ def _gather_scores(ctx: StageContext):
     return load_matrix(directory), checksums
 
 
+def _finished_selection(store: artifacts.ArtifactStore, fingerprint: str) -> dict[str, Any] | None:
+    """The finished selection document, when both its files still match their manifest.
+
+    A corrupt selection.json or selected.jsonl is cheap to recompute from the scores, so it is
+    recomputed (with a warning) rather than served or failing every rerun.
+    """
+    from selection import storage
+
+    prefix = artifacts.SELECTION_PREFIX
+    try:
+        if not store.is_done(prefix, fingerprint, replace_stale=True):
+            return None
+        storage.read_artifact_file(store.store, prefix, artifacts.SUBSET_FILE)  # verifies it
+        return store.load_json(prefix, artifacts.SELECTION_FILE)
+    except (storage.CorruptArtifact, ValueError) as error:
+        log.warning("recomputing the selection: %s", error)
+        return None
+
+
+def _answerless_rows(ctx: StageContext, distilled: bool) -> list[int]:
+    """Rows whose answer maxLength truncated away, as the stage that tokenized them recorded."""
+    g = ctx.spec.gradients
+    prefixes = [
+        artifacts.embeddings_prefix(shard, g.shards) if distilled
+        else artifacts.train_features_prefix(ctx.epochs[0], shard, g.shards)
+        for shard in range(g.shards)
+    ]
+    return sorted(row for p in prefixes for row in ctx.artifacts.metadata(p).get("answerless", []))
+
+
+def _rows_to_select_from(pool: int, excluded: list[int], budget: int):
+    """Row numbers without the excluded ones (None when nothing is excluded)."""
+    import numpy as np
+
+    if not excluded:
+        return None
+    kept = np.setdiff1d(np.arange(pool), np.asarray(excluded, dtype=np.int64))
+    if budget > len(kept):
+        raise spec_module.SpecError([(
+            "spec.selection.budget",
+            f"{budget} examples requested, but only {len(kept)} of {pool} keep an assistant token "
+            f"within maxLength ({len(excluded)} excluded); raise data.maxLength or lower the budget",
+        )])
+    return kept
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     """Reduce (unless this exact selection is finished) and return the selection document."""
     from selection.reduce import reduce_matrix, resolve_budget
@@ -46,8 +96,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     store = ctx.artifacts
     fingerprint = ctx.distilled_selection_fingerprint if distilled else ctx.selection_fingerprint
     prefix = artifacts.SELECTION_PREFIX
-    if store.is_done(prefix, fingerprint, replace_stale=True):
-        return store.load_json(prefix, artifacts.SELECTION_FILE)
+    finished = _finished_selection(store, fingerprint)
+    if finished is not None:
+        return finished
     influence = None
     if distilled:
         from selection.jobs import distill
@@ -63,10 +114,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
     tasks = [e.task for e in ctx.validation_examples]
     sel = ctx.spec.selection
     budget = resolve_budget(sel.budget, len(pool))
+    excluded = _answerless_rows(ctx, distilled)
+    kept = _rows_to_select_from(len(pool), excluded, budget)
     result = reduce_matrix(
-        matrix, tasks, method=sel.method, budget=budget, granularity=sel.granularity,
-        normalize=sel.normalize, iterative=sel.iterative, seed=sel.seed,
+        matrix if kept is None else matrix[kept], tasks, method=sel.method, budget=budget,
+        granularity=sel.granularity, normalize=sel.normalize, iterative=sel.iterative, seed=sel.seed,
     )
+    if kept is not None:
+        result = dataclasses.replace(result, indices=[int(kept[i]) for i in result.indices])
     document = result.to_json_dict()
     document.update(
         {
@@ -78,6 +133,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "subsetUri": store.uri(prefix, artifacts.SUBSET_FILE),
         }
     )
+    if excluded:
+        document["excludedNoAnswer"] = excluded
     if influence is not None:
         document["influence"] = influence
     subset = "".join(pool[i].raw + "\n" for i in result.indices).encode()
