@@ -92,7 +92,9 @@ def build_tiny_model(preset: str, directory: str | Path, seed: int = 0) -> Path:
     """Build a seeded tiny Llama and its tokenizer and save both to `directory`."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a stderr bar would break one-line error reports
     if preset not in TINY_PRESETS:
         raise ModelLoadError(
             f"unknown tiny model preset '{preset}' (known: {', '.join(sorted(TINY_PRESETS))})"
@@ -215,28 +217,10 @@ def _s3_versions(source: str, s3: StorageOptions | None):
     return store, versions
 
 
-_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
-
-
-def _file_sha256(path: Path) -> str:
-    """SHA-256 of a file, remembered per (path, size, mtime) so a process hashes weights once."""
-    import hashlib
-
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _FILE_DIGESTS:
-        digest = hashlib.sha256()
-        with open(path, "rb") as stream:
-            while chunk := stream.read(1 << 20):
-                digest.update(chunk)
-        _FILE_DIGESTS[key] = digest.hexdigest()
-    return _FILE_DIGESTS[key]
-
-
 def _directory_digests(directory: Path) -> dict[str, str]:
     """name -> SHA-256 of the files from_pretrained reads (config, weights, tokenizer)."""
     return {
-        p.name: _file_sha256(p)
+        p.name: storage._sha256_file(p)[1]  # the artifact manifests' chunked hash
         for p in sorted(directory.iterdir())
         if p.is_file() and not p.name.startswith(".")
     }
