@@ -491,6 +491,28 @@ class _StrictLoader(yaml.SafeLoader):
                 )
         return super().construct_mapping(node, deep=deep)
 
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        _refuse_yaml11_number(self.construct_scalar(node), node)
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        _refuse_yaml11_number(self.construct_scalar(node), node)
+        return super().construct_yaml_float(node)
+
+
+def _refuse_yaml11_number(text: str, node: yaml.ScalarNode) -> None:
+    """YAML 1.1 reads 1_0 as 10 and 1:30 as 90; JSON and Kubernetes do not. Refuse both."""
+    if "_" in text or ":" in text:
+        raise yaml.constructor.ConstructorError(
+            None, None,
+            f"{text!r} is a number only in YAML 1.1 (digit separators or base 60); write it plainly",
+            node.start_mark,
+        )
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+_StrictLoader.add_constructor("tag:yaml.org,2002:float", _StrictLoader.construct_yaml_float)
+
 
 def load_selection(path: str | Path) -> DataSelection:
     """Read and validate a spec file (YAML or JSON)."""

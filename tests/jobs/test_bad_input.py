@@ -215,3 +215,24 @@ def test_data_file_listed_twice_is_refused(tmp_path, capsys):
     code, err = run_cli(["run", str(spec), "-q", "--storage", str(tmp_path / "s")], capsys)
     assert code == 2 and f"{spec}: spec.data.validation: [5].uri" in err and "is already listed as [3]" in err
     assert_nothing_committed(tmp_path / "s")
+
+
+def test_diverging_warmup_stops_before_committing_a_checkpoint(tmp_path, capsys):
+    """A step that blows the adapter up (here AdamW's decay factor 1 - lr x wd) is named at once,
+    not found at reduction as an unlocated NaN."""
+    spec = write_spec(tmp_path, _spec(**{"warmup.learningRate": 1.0, "warmup.weightDecay": 1e30,
+                                         "warmup.epochs": 1}))
+    code, err = run_cli(["run", str(spec), "-q", "--storage", str(tmp_path / "s")], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert f"{spec}: spec.warmup.learningRate: the warmup diverged: adapter weight" in err
+    assert "is not finite after epoch 0" in err
+    assert_nothing_committed(tmp_path / "s")
+
+
+def test_output_directory_is_refused_before_the_run(tmp_path, capsys):
+    target = tmp_path / "results"
+    target.mkdir()
+    spec = write_spec(tmp_path)
+    code, err = run_cli(["run", str(spec), "-q", "--storage", str(tmp_path / "s"), "-o", str(target)], capsys)
+    assert code == 2 and f"--output {target}: is a directory; give a file path" in err
+    assert not (tmp_path / "s").exists() and list(target.iterdir()) == []

@@ -74,6 +74,16 @@ def test_duplicate_yaml_key_is_refused_with_its_line(tmp_path, capsys):
     assert f"{path}: line {line}, column 5: not valid YAML: duplicate key 'budget'" in err
 
 
+@pytest.mark.parametrize("written", ["1_0", "1:30"])
+def test_yaml11_only_numbers_are_refused(tmp_path, capsys, written):
+    text = DEMO.read_text().replace("    budget: 0.15", f"    budget: {written}")
+    path = spec_file(tmp_path, text=text)
+    code, err = validate(path, capsys)
+    line = text.splitlines().index(f"    budget: {written}") + 1
+    assert code == 2
+    assert f"{path}: line {line}, column 13: not valid YAML: '{written}' is a number only in YAML 1.1" in err
+
+
 def test_deeply_nested_yaml_is_one_clear_line(tmp_path, capsys):
     path = spec_file(tmp_path, text="[" * 100_000)
     code, err = validate(path, capsys)
