@@ -11,6 +11,7 @@ from typing import Any, Callable
 from selection.jobs.context import JobArgs, StageContext, read_job_args
 
 EXIT_BAD_INPUT = 2
+EXIT_UNEXPECTED = 1  # Kubernetes retries it (backoffLimitPerIndex): it may be transient
 TERMINATION_LOG = Path("/dev/termination-log")  # Kubernetes shows it in the pod's status
 
 log = logging.getLogger("dsel.jobs")
@@ -83,5 +84,13 @@ def run_stage(stage: str, body: Callable[[StageContext], Any], argv: list[str] |
     except errors as error:
         report_failure(stage, str(error))
         return EXIT_BAD_INPUT
+    except Exception as error:  # a bug or an outage: retried (exit 1), but never printed with secrets
+        import traceback
+
+        from selection.redact import redact
+
+        print(redact(traceback.format_exc()), file=sys.stderr, end="", flush=True)
+        report_failure(stage, f"unexpected {type(error).__name__}: {error}")
+        return EXIT_UNEXPECTED
     log.info("stage %s finished in %.1f s", stage, time.monotonic() - started)
     return 0

@@ -80,3 +80,24 @@ def test_stage_logs_are_redacted(caplog):
     record = logging.LogRecord("dsel", logging.INFO, __file__, 1, "endpoint %s", (f"http://u:{SECRET}@h/",), None)
     assert _RedactingFilter().filter(record)
     assert record.getMessage() == "endpoint http://***@h/"
+
+
+def test_unexpected_stage_error_is_redacted_and_retryable(tmp_path, monkeypatch, capsys):
+    """Job pods use FallbackToLogsOnError: a traceback could otherwise carry a secret into status."""
+    from selection.jobs import runner
+    from tests.jobs.conftest import demo_resource
+
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps({"resource": demo_resource().to_manifest(), "storage": {"uri": str(tmp_path / "s")}}))
+    termination = tmp_path / "termination-log"
+    termination.write_text("")
+    monkeypatch.setattr(runner, "TERMINATION_LOG", termination)
+
+    def body(ctx):
+        raise RuntimeError(f"connection to https://user:{SECRET}@example.invalid/ reset")
+
+    assert runner.run_stage("warmup", body, [str(args)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "RuntimeError" in err
+    assert SECRET not in err and SECRET not in termination.read_text()
+    assert termination.read_text() == "dsel warmup: error: unexpected RuntimeError: connection to https://***@example.invalid/ reset"
