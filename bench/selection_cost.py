@@ -297,7 +297,7 @@ def as_json(results: list[PoolResult]) -> list[dict]:
     ]
 
 
-LESS_DEFAULTS = {"fraction": 0.05, "epochs": 4, "projectionDim": 8192}  # ALGORITHMS.md §2-3
+LESS_DEFAULTS = {"fraction": 0.05, "epochs": 4, "projectionDim": 8192}  # docs/algorithms.md §3-§6
 
 
 def main(argv: list[str] | None = None) -> int:

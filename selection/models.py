@@ -19,7 +19,7 @@ from selection import storage
 TINY_SCHEME = "tiny:"
 COMPLETE_MARKER = ".dsel-complete"
 
-# Plain chat template (ALGORITHMS.md §1): used when a tokenizer has none, or when asked for.
+# Plain chat template (docs/algorithms.md §2): used when a tokenizer has none, or when asked for.
 # Turns are '<|role|>\n' + content, separated by '\n'; assistant turns end with EOS so the model
 # learns to stop. The separator opens the next turn, so an assistant turn renders as exactly its
 # content plus EOS: those are the labelled tokens. add_generation_prompt opens an assistant turn.
@@ -195,7 +195,7 @@ def resolve_model_dir(
 
 
 def pick_device_and_dtype(requested: str = "auto"):
-    """CUDA when present; bf16 on GPUs that support it, fp32 on CPU (ALGORITHMS.md §2)."""
+    """CUDA when present; bf16 on GPUs that support it, fp32 on CPU (docs/algorithms.md §3)."""
     import torch
 
     if torch.cuda.is_available():

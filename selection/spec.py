@@ -121,7 +121,7 @@ class LoraSpec(_Section):
 
 
 class WarmupSpec(_Section):
-    """LoRA warmup training on a random fraction of the pool (ALGORITHMS.md §2)."""
+    """LoRA warmup training on a random fraction of the pool (docs/algorithms.md §3)."""
 
     fraction: float = Field(
         default=0.05, gt=0, le=1, description="Share of the pool used for warmup, drawn with `seed`."
@@ -149,7 +149,7 @@ class WarmupSpec(_Section):
 
 
 class GradientsSpec(_Section):
-    """Per-example gradient features (ALGORITHMS.md §3)."""
+    """Per-example gradient features (docs/algorithms.md §4-§7)."""
 
     projection_dim: int = Field(default=8192, ge=1, description="Dimension d of projected features.")
     projection: Literal["rademacher", "countsketch"] = Field(
@@ -178,7 +178,7 @@ class GradientsSpec(_Section):
 
 
 class DistillationSpec(_Section):
-    """Influence Distillation's landmark approximation (ALGORITHMS.md §5, Nikdan et al. 2025).
+    """Influence Distillation's landmark approximation (docs/algorithms.md §14, Nikdan et al. 2025).
 
     Used when selection.method is influence-distillation or selection.influence is distilled:
     accurate gradients only for `landmarks` examples, propagated to the whole pool through cheap
@@ -204,7 +204,7 @@ class DistillationSpec(_Section):
 
 
 class SelectionSpec(_Section):
-    """How the attribution matrix becomes a subset (ALGORITHMS.md §5)."""
+    """How the attribution matrix becomes a subset (docs/algorithms.md §8-§14)."""
 
     method: Literal["bids", "less", "quota", "random", "influence-distillation"] = Field(
         default="bids",

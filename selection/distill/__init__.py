@@ -1,4 +1,4 @@
-"""Influence Distillation's landmark approximation (ALGORITHMS.md §5, Nikdan et al. 2025).
+"""Influence Distillation's landmark approximation (docs/algorithms.md §14, Nikdan et al. 2025).
 
 Accurate gradient influence for a few landmark examples, propagated to the whole pool through
 cheap embeddings instead of a gradient per example:

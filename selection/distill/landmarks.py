@@ -1,4 +1,4 @@
-"""Landmarks: which examples get an accurate gradient, and how it is preconditioned (§5 steps 2-3).
+"""Landmarks: which examples get an accurate gradient, and its preconditioning (docs/algorithms.md §14.2-§14.3).
 
 - `draw_landmarks`: L = min(landmarks, N) distinct pool indices drawn uniformly with the seed
   from the whole pool (never per shard), returned sorted.

@@ -20,7 +20,7 @@ from selection.gradients.projection import Projector
 from selection.loss import model_loss
 from selection.warmup import Checkpoint, trainable_parameters
 
-ADAM_EPS = 1e-8  # inside the square root, as LESS does (ALGORITHMS.md §3)
+ADAM_EPS = 1e-8  # inside the square root, as LESS does (docs/algorithms.md §5)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Influence distillation's stages (ALGORITHMS.md §5): what `shard` and `reduce` run for it.
+"""Influence distillation's stages (docs/algorithms.md §14): what `shard` and `reduce` run for it.
 
 When `spec.uses_distillation` (selection.method influence-distillation, or selection.influence
 distilled), the extraction Indexed Job's completions run `run_shard` instead of extract+score,

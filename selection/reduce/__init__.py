@@ -1,4 +1,4 @@
-"""Reductions of the attribution matrix to an ordered selection (ALGORITHMS.md §5, §6).
+"""Reductions of the attribution matrix to an ordered selection (docs/algorithms.md §9-§15).
 
 `reduce_matrix` runs bids, less, quota, random or influence-distillation (round robin) on an
 N x M matrix (memory-mapped, read in row blocks); `naive` holds the plain reference loops the fast engines equal exactly; the

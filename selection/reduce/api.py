@@ -24,7 +24,7 @@ def reduce_matrix(
     iterative: bool = True,
     seed: int = 0,
 ) -> Reduction:
-    """Select `budget` rows of the N x M attribution matrix with `method` (ALGORITHMS.md §5).
+    """Select `budget` rows of the N x M attribution matrix with `method` (docs/algorithms.md §9-§14).
 
     matrix: N x M float16/32/64 array or memory map (read in row blocks, not copied).
     tasks: one task label per column.

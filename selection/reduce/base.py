@@ -1,4 +1,4 @@
-"""The reduction result, its error type and the budget rule (ALGORITHMS.md §5, §6)."""
+"""The reduction result, its error type and the budget rule (docs/algorithms.md §8, §15)."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ class Reduction:
     budget: the number of selected examples (a count, already resolved from a fraction).
     indices: selected training-example indices (0-based rows of A) in selection order.
     composition: for every task (sorted by name), how many selected examples are closest to
-        it (§6); every task appears, 0 when none is.
+        it (docs/algorithms.md §15); every task appears, 0 when none is.
     parameters: the method and the switches that influenced the result.
     """
 

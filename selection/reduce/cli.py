@@ -16,9 +16,9 @@ from pathlib import Path
 
 DESCRIPTION = """\
 Select training examples from an attribution matrix A (N training examples x M validation
-examples) with one of the reductions of ALGORITHMS.md §5, and write the ordered selection as
-JSON. The result is exactly that of the plain §5 loop (kept in selection.reduce.naive as the
-oracle), computed much faster."""
+examples) with one of the reductions of docs/algorithms.md §9-§14, and write the ordered
+selection as JSON. The result is exactly that of the plain loop (kept in selection.reduce.naive
+as the oracle), computed much faster."""
 
 EPILOG = """\
 inputs:

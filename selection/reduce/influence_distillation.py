@@ -1,4 +1,4 @@
-"""Influence Distillation's selection: round robin over validation examples (ALGORITHMS.md §5).
+"""Influence Distillation's selection: round robin over validation examples (docs/algorithms.md §14.5).
 
 The plain loop (`naive_round_robin`, the oracle), on the raw N x M matrix (no z-scores):
 

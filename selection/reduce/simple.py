@@ -1,4 +1,4 @@
-"""The baselines (less, quota, random) and the §6 composition, in row blocks.
+"""The baselines (docs/algorithms.md §11-§13) and the composition (§15), in row blocks.
 
 Each equals its oracle in `selection.reduce.naive` exactly; the arithmetic is that of
 `selection.reduce.normalize`.
@@ -70,9 +70,9 @@ def random_order(n: int, budget: int, seed: int) -> list[int]:
 def composition(
     matrix: np.ndarray, stats: ColumnStats, groups: TaskGroups, indices: Sequence[int]
 ) -> dict[str, int]:
-    """§6: every selected example counts for the task with the largest task-mean Ã (the
-    instance-normalized one, whatever the method's switches); ties go to the first task in
-    sorted-name order. Every task is listed, 0 when none is closest."""
+    """docs/algorithms.md §15: every selected example counts for the task with the largest
+    task-mean Ã (the instance-normalized one, whatever the method's switches); ties go to the first
+    task in sorted-name order. Every task is listed, 0 when none is closest."""
     counts = np.zeros(len(groups.names), dtype=np.int64)
     rows = np.sort(np.asarray(indices, dtype=np.int64))  # sorted: sequential reads of A
     for lo, hi in normalize.row_blocks(rows.size):

@@ -1,4 +1,4 @@
-"""JVP embeddings (ALGORITHMS.md §5 step 1) against finite differences on a tiny model."""
+"""JVP embeddings (docs/algorithms.md §14.1) against finite differences on a tiny model."""
 
 from __future__ import annotations
 

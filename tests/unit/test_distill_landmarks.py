@@ -1,4 +1,4 @@
-"""Landmark draw and the bias-corrected Adam preconditioner (ALGORITHMS.md §5 steps 2-3)."""
+"""Landmark draw and the bias-corrected Adam preconditioner (docs/algorithms.md §14.2-§14.3)."""
 
 from __future__ import annotations
 

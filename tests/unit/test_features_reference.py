@@ -1,4 +1,4 @@
-"""The reference features equal ALGORITHMS.md §3 computed by hand on a tiny model."""
+"""The reference features equal docs/algorithms.md §4-§7 computed by hand on a tiny model."""
 
 from __future__ import annotations
 

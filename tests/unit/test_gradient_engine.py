@@ -1,4 +1,4 @@
-"""The batched gradient engine equals the per-example reference loop (ALGORITHMS.md §3)."""
+"""The batched gradient engine equals the per-example reference loop (docs/algorithms.md §4)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from selection.models import PLAIN_CHAT_TEMPLATE, build_byte_tokenizer, build_ti
 from selection.spec import LoraSpec
 from selection.warmup import attach_lora, trainable_parameters
 
-TOLERANCE = 1e-4  # relative error, fp32 (ALGORITHMS.md §3)
+TOLERANCE = 1e-4  # relative error, fp32 (docs/algorithms.md §4)
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Reverse: abc"}, {"role": "assistant", "content": "cba"}],
