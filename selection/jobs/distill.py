@@ -63,7 +63,7 @@ def work_items(ctx: StageContext) -> int:
 
 
 def _landmark_projector(ctx: StageContext, model, checkpoint):
-    from selection.distill.landmarks import BiasCorrectedAdamPreconditioner
+    from selection.gradients.preconditioners import BiasCorrectedAdamPreconditioner
 
     projector = extract._projector(ctx, model)
     if ctx.spec.gradients.train_type == "sgd":

@@ -71,7 +71,8 @@ def ensure_validation_features(
 def run(ctx: StageContext, shard: int, progress: Callable[[int], None] | None = None) -> None:
     """Features of shard `shard` for every checkpoint; finished (checkpoint, shard) pairs are skipped."""
     from selection import warmup
-    from selection.gradients.features import AdamPreconditioner, compute_features, default_extractor
+    from selection.gradients.features import compute_features, default_extractor
+    from selection.gradients.preconditioners import AdamPreconditioner
 
     g = ctx.spec.gradients
     store, fingerprint = ctx.artifacts, ctx.train_fingerprint

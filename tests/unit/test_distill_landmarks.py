@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from selection import data
-from selection.distill.landmarks import BiasCorrectedAdamPreconditioner, DiagonalScaledProjector, draw_landmarks
+from selection.distill.landmarks import draw_landmarks
 from selection.gradients.features import ReferenceExtractor, compute_features, default_extractor, lora_dim
+from selection.gradients.preconditioners import BiasCorrectedAdamPreconditioner, DiagonalScaledProjector
 from selection.gradients.projection import CountSketchProjector, IdentityProjector, RademacherProjector
 from selection.warmup import Checkpoint, trainable_parameters
 

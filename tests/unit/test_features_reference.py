@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from selection import data
-from selection.gradients.features import AdamPreconditioner, ReferenceExtractor, compute_features
+from selection.gradients.features import ReferenceExtractor, compute_features
+from selection.gradients.preconditioners import AdamPreconditioner
 from selection.gradients.projection import RademacherProjector
 from selection.models import PLAIN_CHAT_TEMPLATE, build_byte_tokenizer, build_tiny_model
 from selection.spec import LoraSpec

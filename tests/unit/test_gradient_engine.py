@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from selection import data
+from selection import loss as head_module
 from selection.gradients import engine as engine_module
-from selection.gradients import loss as head_module
 from selection.gradients.engine import (
     LoraGradientEngine,
     UnsupportedModelError,
@@ -16,15 +16,14 @@ from selection.gradients.engine import (
     per_example_gradients,
 )
 from selection.gradients.features import (
-    AdamPreconditioner,
     ReferenceExtractor,
     compute_features,
     default_extractor,
     lora_dim,
 )
-from selection.gradients.loss import head_gradient
+from selection.loss import head_gradient, per_example_loss
+from selection.gradients.preconditioners import AdamPreconditioner
 from selection.gradients.projection import CountSketchProjector, IdentityProjector, RademacherProjector
-from selection.loss import per_example_loss
 from selection.models import PLAIN_CHAT_TEMPLATE, build_byte_tokenizer, build_tiny_model
 from selection.spec import LoraSpec
 from selection.warmup import attach_lora, trainable_parameters
