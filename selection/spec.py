@@ -17,6 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from selection.reduce.registry import ALL_METHODS
+
 API_GROUP = "dsel.dev"
 API_VERSION = "v1alpha1"
 KIND = "DataSelection"
@@ -206,7 +208,7 @@ class DistillationSpec(_Section):
 class SelectionSpec(_Section):
     """How the attribution matrix becomes a subset (ALGORITHMS.md §5)."""
 
-    method: Literal["bids", "less", "quota", "random", "influence-distillation"] = Field(
+    method: Literal[ALL_METHODS] = Field(  # the reducer registry's names, in its order
         default="bids",
         description=(
             "Reduction method. influence-distillation selects round robin over validation "
