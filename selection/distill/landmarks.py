@@ -1,9 +1,9 @@
-"""Landmarks: which examples get an accurate gradient (§5 step 2).
+"""Landmarks: which examples get an accurate gradient, and its preconditioning (docs/algorithms.md §14.2-§14.3).
 
 `draw_landmarks`: L = min(landmarks, N) distinct pool indices drawn uniformly with the seed from
 the whole pool (never per shard), returned sorted. Their gradients are preconditioned with
 Influence Distillation's first-order Adam weighting,
-`selection.gradients.preconditioners.BiasCorrectedAdamPreconditioner` (§5 step 3).
+`selection.gradients.preconditioners.BiasCorrectedAdamPreconditioner`.
 """
 
 from __future__ import annotations

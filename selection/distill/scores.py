@@ -1,4 +1,4 @@
-"""The distilled influence matrix from the shards' results (ALGORITHMS.md §5 step 4).
+"""The distilled influence matrix from the shards' results (docs/algorithms.md §14.3-§14.4).
 
 p_L = G_L V^T (L x M, float64: cosines of unit rows) from the landmark features and the
 validation features, then the kernel ridge regression of `selection.distill.propagate` from the

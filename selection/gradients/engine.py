@@ -15,7 +15,7 @@ What happens to each per-example gradient block, layer by layer, as the backward
 1. Padding and prompt tokens: labels mask the loss (assistant tokens only), so their positions
    carry no gradient; the token mask is also applied to the r-sized factor of every product, so
    padding cannot leak in even numerically.
-2. Adam-aware features (ALGORITHMS.md §3, §5) are elementwise in the flattened gradient, so a
+2. Adam-aware features (docs/algorithms.md §5, §14.3) are elementwise in the flattened gradient, so a
    `SegmentPreconditioner` is applied to the block with its matching slice of coordinates.
 3. The block is projected on its own (`SegmentProjector.project_segment`) and added to the (B, d)
    output: the full p-length gradient is never concatenated.

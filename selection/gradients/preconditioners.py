@@ -7,9 +7,9 @@ that lets `selection.gradients.engine.LoraGradientEngine` transform and project 
 block as the backward produces it, without ever materializing the (B, p) flattened gradients.
 Any other callable still works: the engine then materializes the flattened gradients first.
 
-- `AdamPreconditioner` (LESS, ALGORITHMS.md §3): (b1 m + (1-b1) g) / sqrt(b2 v + (1-b2) g^2 + eps),
+- `AdamPreconditioner` (LESS, docs/algorithms.md §5): (b1 m + (1-b1) g) / sqrt(b2 v + (1-b2) g^2 + eps),
   no bias correction and no learning rate: the update direction Adam would take next.
-- `BiasCorrectedAdamPreconditioner` (Influence Distillation, ALGORITHMS.md §5):
+- `BiasCorrectedAdamPreconditioner` (Influence Distillation, docs/algorithms.md §14.3):
   a * g with a = ((1-b1)/(1-b1^(t+1))) / (sqrt(v/(1-b2^(t+1))) + eps), a diagonal scaling.
 """
 
@@ -22,7 +22,7 @@ import torch
 
 from selection.warmup import Checkpoint
 
-ADAM_EPS = 1e-8  # inside the square root, as LESS does (ALGORITHMS.md §3)
+ADAM_EPS = 1e-8  # inside the square root, as LESS does (docs/algorithms.md §5)
 
 Preconditioner = Callable[[torch.Tensor], torch.Tensor]
 

@@ -1,4 +1,4 @@
-"""Influence distillation's stage steps (ALGORITHMS.md §5): what its shards and its reduce run.
+"""Influence distillation's stages (docs/algorithms.md §14): what `shard` and `reduce` run for it.
 
 `selection.jobs.methods.DISTILLED` wires these into the shard and reduce stages, so the
 operator needs no special case: "the landmark gradient job" is the extraction Indexed Job's
