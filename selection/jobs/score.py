@@ -1,4 +1,4 @@
-"""Stage 3: the attribution-matrix rows of one shard (docs/algorithms.md §7), and their gathering."""
+"""Stage 3: the attribution-matrix rows of one shard (docs/algorithms.md §7)."""
 
 from __future__ import annotations
 
