@@ -208,7 +208,7 @@ class DistillationSpec(_Section):
 class SelectionSpec(_Section):
     """How the attribution matrix becomes a subset (ALGORITHMS.md §5)."""
 
-    method: Literal[ALL_METHODS] = Field(  # the reducer registry's names, in its order
+    method: Literal[ALL_METHODS] = Field(  # type: ignore[valid-type]  # the reducer registry's names
         default="bids",
         description=(
             "Reduction method. influence-distillation selects round robin over validation "
