@@ -28,8 +28,9 @@ import numpy as np
 
 from selection import artifacts
 from selection.artifacts import DISTILLED_SCORES, EMBEDDINGS, LANDMARK_FEATURES, VALIDATION_FEATURES
+from selection.contract import ShardRange, shard_range
 from selection.jobs import extract
-from selection.jobs.context import ShardRange, StageContext, shard_range
+from selection.jobs.context import StageContext
 
 
 def epoch(ctx: StageContext) -> int:

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from selection.contract import EXIT_BAD_INPUT
 from selection.files import write_text_atomically
 
 DESCRIPTION = """\
@@ -133,7 +134,7 @@ def add_reduce_parser(subparsers) -> argparse.ArgumentParser:
 
 def _fail(message: str) -> int:
     print(f"dsel reduce: error: {message}", file=sys.stderr)
-    return 2
+    return EXIT_BAD_INPUT
 
 
 def run_reduce(args: argparse.Namespace) -> int:

@@ -10,7 +10,8 @@ import pytest
 from selection import artifacts, storage
 from selection.artifacts import SCORES, ArtifactStore
 from selection.jobs import score
-from selection.jobs.context import JobArgs, StageContext
+from selection.contract import JobArgs, StorageLocation
+from selection.jobs.context import StageContext
 
 from tests.jobs.conftest import DEMO_DIR, demo_resource
 
@@ -38,7 +39,7 @@ class CountingStore:
 def ctx(tmp_path):
     shards = 3
     context = StageContext(
-        JobArgs(resource=demo_resource(**{"gradients.shards": shards}), storage_uri=str(tmp_path / "store"),
+        JobArgs(resource=demo_resource(**{"gradients.shards": shards}), storage=StorageLocation(str(tmp_path / "store")),
                 base_dir=str(DEMO_DIR)),
         scratch_root=tmp_path / "scratch",
     )
