@@ -1,4 +1,4 @@
-"""Benchmark of the reduction engine against the naive §5 loop; run by hand, prints a table.
+"""Benchmark of the reductions against the naive loops (docs/algorithms.md §9-§13); run by hand, prints a table.
 
     .venv/bin/python bench/reduce.py                      # the default sizes (below)
     .venv/bin/python bench/reduce.py --sizes 20000x128x0.15 --naive-cap 600

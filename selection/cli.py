@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-EXIT_BAD_INPUT = 2
+from selection.contract import EXIT_BAD_INPUT
 
 
 def _summary(document: dict[str, Any]) -> str:
@@ -37,7 +37,6 @@ def _write_output(path: str, document: dict[str, Any]) -> None:
     """Write atomically (a reader never sees a half-written selection); see selection.output."""
     from selection.output import write_output
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_output(path, json.dumps(document, indent=2) + "\n", "--output")
 
 
@@ -84,11 +83,12 @@ def _validate(args: argparse.Namespace) -> int:
 
     resource = load_selection(args.spec)
     if args.check_data:
-        from selection.jobs.context import JobArgs, StageContext
+        from selection.contract import JobArgs, StorageLocation
+        from selection.jobs.context import StageContext
 
         storage = resource.spec.storage
-        ctx = StageContext(JobArgs(resource, storage_uri="unused", endpoint=storage.endpoint, region=storage.region,
-                                   base_dir=str(Path(args.spec).resolve().parent)))
+        location = StorageLocation(uri="unused", endpoint=storage.endpoint, region=storage.region)
+        ctx = StageContext(JobArgs(resource, location, base_dir=str(Path(args.spec).resolve().parent)))
         try:
             with _naming_spec_file(args.spec):
                 budget = ctx.preflight()  # the same checks `dsel run` makes before its first stage

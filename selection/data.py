@@ -1,6 +1,6 @@
 """JSONL chat data: loading with errors that name file and line, templating, assistant-only labels.
 
-An example's loss is the mean token cross-entropy over assistant tokens only (ALGORITHMS.md §1).
+An example's loss is the mean token cross-entropy over assistant tokens only (docs/algorithms.md §2).
 Conversations are rendered turn by turn with the chat template, and each rendered piece is
 tokenized on its own, so the assistant spans are known exactly instead of guessed from offsets.
 """

@@ -1,4 +1,4 @@
-"""The attribution matrix A = sum_c w_c G_c V_c^T (ALGORITHMS.md §4), built in row blocks."""
+"""The attribution matrix A = sum_c w_c G_c V_c^T (docs/algorithms.md §7), built in row blocks."""
 
 from __future__ import annotations
 

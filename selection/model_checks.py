@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from selection import spec as spec_module
-from selection.models import StorageOptions, resolve_model_dir
+from selection.contract import StorageLocation
+from selection.models import resolve_model_dir
 
 
 def adapted_layers(model, target_modules: list[str]) -> dict[str, list[tuple[str, int, int]]]:
@@ -40,7 +41,7 @@ def check_adapter_fits(
     projection_dim: int,
     *,
     cache_dir: str | Path | None = None,
-    s3: StorageOptions | None = None,
+    s3: StorageLocation | None = None,
 ) -> int:
     """Raise SpecError unless the LoRA targets exist, the rank fits them and the projection
     is no wider than the LoRA gradient; returns the LoRA parameter count p."""

@@ -12,16 +12,16 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from selection import storage
+from selection.contract import StorageLocation
 
 TINY_SCHEME = "tiny:"
 COMPLETE_MARKER = ".dsel-complete"
 
-# Plain chat template (ALGORITHMS.md §1): used when a tokenizer has none, or when asked for.
+# Plain chat template (docs/algorithms.md §2): used when a tokenizer has none, or when asked for.
 # Turns are '<|role|>\n' + content, separated by '\n'; assistant turns end with EOS so the model
 # learns to stop. The separator opens the next turn, so an assistant turn renders as exactly its
 # content plus EOS: those are the labelled tokens. add_generation_prompt opens an assistant turn.
@@ -155,14 +155,6 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith(("/", "./", "../", "~", "file://")) or os.path.exists(source)
 
 
-@dataclass(frozen=True)
-class StorageOptions:
-    """How to reach S3 for s3:// sources."""
-
-    endpoint: str | None = None
-    region: str | None = None
-
-
 def _tiny_preset(source: str) -> str:
     preset = source[len(TINY_SCHEME):]
     if preset not in TINY_PRESETS:
@@ -173,7 +165,7 @@ def _tiny_preset(source: str) -> str:
 
 
 def resolve_model_dir(
-    source: str, cache_dir: str | Path | None = None, s3: StorageOptions | None = None
+    source: str, cache_dir: str | Path | None = None, s3: StorageLocation | None = None
 ) -> Path | str:
     """A local directory for `source`, or the hub name unchanged for `from_pretrained` to fetch."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -208,9 +200,9 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
-def _s3_versions(source: str, s3: StorageOptions | None):
-    opts = s3 or StorageOptions()
-    store = storage.open_store(source, endpoint_url=opts.endpoint, region=opts.region)
+def _s3_versions(source: str, s3: StorageLocation | None):
+    reach = s3 or StorageLocation(uri=source)
+    store = storage.open_store(source, endpoint_url=reach.endpoint, region=reach.region)
     versions = store.list_versions()
     if not versions:
         raise ModelLoadError(f"model.source '{source}': no objects under this S3 prefix")
@@ -262,7 +254,7 @@ def model_identity(
     source: str,
     revision: str | None = None,
     cache_dir: str | Path | None = None,
-    s3: StorageOptions | None = None,
+    s3: StorageLocation | None = None,
 ) -> dict[str, Any]:
     """What loading `source` actually reads, for the warmup fingerprint: a model changed in
     place (local weights rewritten, an S3 prefix re-uploaded, a hub branch moved) changes it.
@@ -281,7 +273,7 @@ def model_identity(
 
 
 def pick_device_and_dtype(requested: str = "auto"):
-    """CUDA when present; bf16 on GPUs that support it, fp32 on CPU (ALGORITHMS.md §2)."""
+    """CUDA when present; bf16 on GPUs that support it, fp32 on CPU (docs/algorithms.md §3)."""
     import torch
 
     if torch.cuda.is_available():
@@ -302,7 +294,7 @@ def load_model_and_tokenizer(
     revision: str | None = None,
     dtype: str = "auto",
     cache_dir: str | Path | None = None,
-    s3: StorageOptions | None = None,
+    s3: StorageLocation | None = None,
 ):
     """Load (model, tokenizer) for `source`; the model is on the chosen device, in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

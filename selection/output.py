@@ -1,8 +1,8 @@
 """Writing a result file the user named (`--output`): atomic for regular files, never destructive.
 
-Renaming a temporary file over the path is what makes a regular file appear whole, but done
-blindly it replaces a symlink with a file, or a device node (/dev/stdout, /dev/full) with a
-regular file. So a symlink is followed and its target written, a special file is written in
+Renaming a temporary file over the path (`selection.files`) is what makes a regular file appear
+whole, but done blindly it replaces a symlink with a file, or a device node (/dev/stdout,
+/dev/full) with a regular file. So a symlink is followed and its target written, a special file is written in
 place, and a directory is refused before any work starts.
 """
 
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 from pathlib import Path
+
+from selection.files import write_text_atomically
 
 
 class OutputError(ValueError):
@@ -39,18 +40,6 @@ def write_output(path: str | os.PathLike[str], text: str, option: str = "--outpu
             with open(target, "w", encoding="utf-8") as stream:  # a device or pipe: no rename
                 stream.write(text)
             return
-        _replace(target, text)
+        write_text_atomically(target, text)
     except OSError as error:
         raise OutputError(f"{option} {path}: cannot write ({error.strerror or error})") from None
-
-
-def _replace(target: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, target)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise

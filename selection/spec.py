@@ -17,6 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from selection.reduce.registry import ALL_METHODS
+
 API_GROUP = "dsel.dev"
 API_VERSION = "v1alpha1"
 KIND = "DataSelection"
@@ -158,7 +160,7 @@ class LoraSpec(_Section):
 
 
 class WarmupSpec(_Section):
-    """LoRA warmup training on a random fraction of the pool (ALGORITHMS.md §2)."""
+    """LoRA warmup training on a random fraction of the pool (docs/algorithms.md §3)."""
 
     fraction: float = Field(
         default=0.05, gt=0, le=1, description="Share of the pool used for warmup, drawn with `seed`."
@@ -189,7 +191,7 @@ class WarmupSpec(_Section):
 
 
 class GradientsSpec(_Section):
-    """Per-example gradient features (ALGORITHMS.md §3)."""
+    """Per-example gradient features (docs/algorithms.md §4-§7)."""
 
     projection_dim: int = Field(default=8192, ge=1, description="Dimension d of projected features.")
     projection: Literal["rademacher", "countsketch"] = Field(
@@ -218,7 +220,7 @@ class GradientsSpec(_Section):
 
 
 class DistillationSpec(_Section):
-    """Influence Distillation's landmark approximation (ALGORITHMS.md §5, Nikdan et al. 2025).
+    """Influence Distillation's landmark approximation (docs/algorithms.md §14, Nikdan et al. 2025).
 
     Used when selection.method is influence-distillation or selection.influence is distilled:
     accurate gradients only for `landmarks` examples, propagated to the whole pool through cheap
@@ -244,9 +246,9 @@ class DistillationSpec(_Section):
 
 
 class SelectionSpec(_Section):
-    """How the attribution matrix becomes a subset (ALGORITHMS.md §5)."""
+    """How the attribution matrix becomes a subset (docs/algorithms.md §8-§14)."""
 
-    method: Literal["bids", "less", "quota", "random", "influence-distillation"] = Field(
+    method: Literal[ALL_METHODS] = Field(  # type: ignore[valid-type]  # the reducer registry's names
         default="bids",
         description=(
             "Reduction method. influence-distillation selects round robin over validation "

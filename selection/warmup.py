@@ -1,4 +1,4 @@
-"""LoRA warmup training (ALGORITHMS.md §2) with checkpoints that gradient extraction can use.
+"""LoRA warmup training (docs/algorithms.md §3) with checkpoints that gradient extraction can use.
 
 Each epoch ends in a checkpoint directory holding the adapter, the Adam moments keyed by
 parameter name (LESS's reference code breaks on integer-keyed optimizer state), the optimizer

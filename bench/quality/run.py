@@ -59,7 +59,7 @@ class Method:
 
 METHODS: list[Method] = [
     Method("random", {"method": "random"}, "uniform, seeded with the benchmark seed"),
-    Method("less", {"method": "less"}, "LESS task-max (ALGORITHMS.md §5)"),
+    Method("less", {"method": "less"}, "LESS task-max (docs/algorithms.md §11)"),
     Method("quota", {"method": "quota"}, "B/K per task by mean normalized influence"),
     Method("bids", {"method": "bids"}, "BIDS, instance granularity, normalized, iterative"),
     # Runs as soon as dsel's spec accepts it; until then it is listed as skipped in the report.
@@ -90,7 +90,7 @@ class Size:
 
 
 def _dsel_sections(warmup_fraction: float, warmup_epochs: int, projection_dim: int, batch_size: int) -> dict[str, Any]:
-    """dsel's LESS warmup and feature defaults, scaled down to this model (ALGORITHMS.md §2-3)."""
+    """dsel's LESS warmup and feature defaults, scaled down to this model (docs/algorithms.md §3-§6)."""
     return {
         "warmup": {
             "fraction": warmup_fraction,  # LESS: 5% of the pool

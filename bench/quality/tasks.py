@@ -121,7 +121,7 @@ def make_item(task: str, rng: random.Random) -> Item:
 
 
 def chat_record(item: Item, **extra) -> dict:
-    """The chat-format JSONL record dsel reads (ALGORITHMS.md §1)."""
+    """The chat-format JSONL record dsel reads (docs/algorithms.md §2)."""
     messages = [{"role": "user", "content": item.question}, {"role": "assistant", "content": item.answer}]
     return {"messages": messages, **extra}
 

@@ -1,4 +1,4 @@
-"""JVP embeddings: a cheap vector per training example (ALGORITHMS.md §5 step 1).
+"""JVP embeddings: a cheap vector per training example (docs/algorithms.md §14.1).
 
 For example z with tokens x, let h(θ; x) be the hidden state of x's last token at the output of
 the model truncated to its first `blocks` transformer blocks (with the decoder's final norm, as

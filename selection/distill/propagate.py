@@ -1,4 +1,4 @@
-"""RBF kernel ridge regression from the landmarks to every example (ALGORITHMS.md §5 step 4).
+"""RBF kernel ridge regression from the landmarks to every example (docs/algorithms.md §14.4).
 
     k(x, y) = exp(-|x - y|^2 / (2 sigma^2)),   sigma = median distance over all landmark pairs
     W = (K_LL + lambda I)^-1 p_L                 (L x M), lambda = ridge x mean(diag K_LL)

@@ -1,4 +1,4 @@
-"""The fast BIDS engine: the §5 loop's exact result in O(sort + B·D) instead of O(B·N·D).
+"""The fast BIDS engine: the docs/algorithms.md §10 loop's exact result in O(sort + B·D), not O(B·N·D).
 
 Write X for the matrix the loop runs on (Ã, or A with normalize=false, or its task means;
 N x D). Each step picks the lowest-index unselected i maximizing u_i = max_j fl(X_ij - r_j),

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from selection.contract import EXIT_BAD_INPUT
 from selection.output import OutputError, check_output_path, write_output
 
 # What --budget accepts, before Python's int()/Decimal() (which take '1_0' and non-ASCII digits).
@@ -20,9 +21,9 @@ _BUDGET_TEXT = re.compile(r"^\s*(?:[0-9]+|[0-9]*\.[0-9]+(?:[eE][-+]?[0-9]+)?|[0-
 
 DESCRIPTION = """\
 Select training examples from an attribution matrix A (N training examples x M validation
-examples) with one of the reductions of ALGORITHMS.md §5, and write the ordered selection as
-JSON. The result is exactly that of the plain §5 loop (kept in selection.reduce.naive as the
-oracle), computed much faster."""
+examples) with one of the reductions of docs/algorithms.md §9-§14, and write the ordered
+selection as JSON. The result is exactly that of the plain loop (kept in selection.reduce.naive
+as the oracle), computed much faster."""
 
 EPILOG = """\
 inputs:
@@ -75,7 +76,8 @@ def _seed(text: str) -> int:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    from selection.reduce.base import ALL_METHODS, GRANULARITIES
+    from selection.reduce.base import GRANULARITIES
+    from selection.reduce.registry import ALL_METHODS
 
     parser.add_argument(
         "--matrix", required=True, metavar="PATH",
@@ -138,7 +140,7 @@ def _fail(message: str) -> int:
     from selection.redact import redact
 
     print(redact(f"dsel reduce: error: {message}"), file=sys.stderr)
-    return 2
+    return EXIT_BAD_INPUT
 
 
 def run_reduce(args: argparse.Namespace) -> int:

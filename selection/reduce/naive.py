@@ -1,4 +1,4 @@
-"""The reference reductions: ALGORITHMS.md §5 written as plainly as possible.
+"""The reference reductions: docs/algorithms.md §9-§14 written as plainly as possible.
 
 These are the oracles the fast engines are tested (and benchmarked) against. They hold A in
 memory as float64 and cost O(B·N·M) for BIDS; use them on small matrices only. The numbers
@@ -38,8 +38,8 @@ def naive_bids(
     normalize_columns: bool = True,
     iterative: bool = True,
 ) -> list[int]:
-    """The §5 loop: u_i = max_j (X_ij - r_j) over unselected i; take argmax (lowest index on
-    ties); r = (running float64 sum of the selected rows, in selection order) / |S|."""
+    """docs/algorithms.md §10: u_i = max_j (X_ij - r_j) over unselected i; take argmax (lowest index
+    on ties); r = (running float64 sum of the selected rows, in selection order) / |S|."""
     x = bids_matrix(matrix, tasks, granularity=granularity, normalize_columns=normalize_columns)
     n, d = x.shape
     selected = np.zeros(n, dtype=bool)
@@ -90,8 +90,8 @@ def naive_quota(matrix, tasks: Sequence[str], budget: int) -> list[int]:
 
 
 def naive_composition(matrix, tasks: Sequence[str], indices: Sequence[int]) -> dict[str, int]:
-    """§6: each selected example counts for the task whose task-mean Ã is largest (first task
-    in sorted-name order on ties); every task is listed."""
+    """docs/algorithms.md §15: each selected example counts for the task whose task-mean Ã is
+    largest (first task in sorted-name order on ties); every task is listed."""
     names = sorted(set(tasks))
     means = task_mean_zscores(matrix, tasks)
     counts = {name: 0 for name in names}

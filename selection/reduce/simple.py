@@ -1,4 +1,4 @@
-"""The baselines (less, quota, random) and the §6 composition, in row blocks.
+"""The baselines (docs/algorithms.md §11-§13) and the composition (§15), in row blocks.
 
 Each equals its oracle in `selection.reduce.naive` exactly; the arithmetic is that of
 `selection.reduce.normalize`.
@@ -43,21 +43,7 @@ def quota_order(matrix: np.ndarray, stats: ColumnStats, groups: TaskGroups, budg
     # Fewer than B examples are taken before any turn, so a task's pick is within its top B.
     rankings = [normalize.top_order(row, budget) for row in means]
     del means
-    taken = np.zeros(n, dtype=bool)
-    cursor = [0] * len(rankings)
-    order: list[int] = []
-    while len(order) < budget:
-        for k, ranking in enumerate(rankings):
-            if len(order) == budget:
-                break
-            p = cursor[k]
-            while taken[ranking[p]]:
-                p += 1
-            pick = int(ranking[p])
-            cursor[k] = p + 1
-            taken[pick] = True
-            order.append(pick)
-    return order
+    return normalize.round_robin(rankings, n, budget, lambda: range(len(rankings)))
 
 
 def random_order(n: int, budget: int, seed: int) -> list[int]:
@@ -70,9 +56,9 @@ def random_order(n: int, budget: int, seed: int) -> list[int]:
 def composition(
     matrix: np.ndarray, stats: ColumnStats, groups: TaskGroups, indices: Sequence[int]
 ) -> dict[str, int]:
-    """§6: every selected example counts for the task with the largest task-mean Ã (the
-    instance-normalized one, whatever the method's switches); ties go to the first task in
-    sorted-name order. Every task is listed, 0 when none is closest."""
+    """docs/algorithms.md §15: every selected example counts for the task with the largest
+    task-mean Ã (the instance-normalized one, whatever the method's switches); ties go to the first
+    task in sorted-name order. Every task is listed, 0 when none is closest."""
     counts = np.zeros(len(groups.names), dtype=np.int64)
     rows = np.sort(np.asarray(indices, dtype=np.int64))  # sorted: sequential reads of A
     for lo, hi in normalize.row_blocks(rows.size):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from selection import artifacts, storage
+from selection.artifacts import TRAIN_FEATURES, WARMUP_CHECKPOINT
 from selection.models import build_tiny_model
 
 from tests.jobs.test_pipeline import DEMO_DIR, TRAIN_LINES, assert_nothing_committed, run_cli, write_spec
@@ -147,7 +148,7 @@ def test_answerless_warning_names_the_lines(local_model_run, tmp_path, caplog):
     root, spec, _, _ = local_model_run
     store = copy_run(root, tmp_path)
     for shard in range(2):
-        shutil.rmtree(store / artifacts.train_features_prefix(0, shard, 2))
+        shutil.rmtree(store / TRAIN_FEATURES.prefix(epoch=0, shard=shard, shards=2))
     shutil.rmtree(store / "scores")
     with caplog.at_level(logging.WARNING, logger="dsel.data"):
         assert main_run(spec, store) == 0
@@ -159,7 +160,7 @@ def test_model_changed_in_place_is_refused(local_model_run, tmp_path, capsys):
     """The issue's reproduction: an interrupted run, then the weights overwritten in the same dir."""
     root, spec, model, _ = local_model_run
     store = copy_run(root, tmp_path)
-    (store / artifacts.train_features_prefix(0, 1, 2) / storage.MANIFEST_NAME).unlink()  # interrupted
+    (store / TRAIN_FEATURES.prefix(epoch=0, shard=1, shards=2) / storage.MANIFEST_NAME).unlink()  # interrupted
     weights = model / "model.safetensors"
     original = weights.read_bytes()
     build_tiny_model("llama-demo", tmp_path / "other", seed=1)
@@ -197,15 +198,15 @@ def test_corrupt_selection_json_is_recomputed(local_model_run, tmp_path):
 def test_corrupt_checkpoint_says_what_to_delete(local_model_run, tmp_path, capsys):
     root, spec, _, _ = local_model_run
     store = copy_run(root, tmp_path)
-    (store / artifacts.train_features_prefix(0, 0, 2) / storage.MANIFEST_NAME).unlink()
-    weights = next((store / artifacts.checkpoint_prefix(0)).rglob("*.safetensors"))
+    (store / TRAIN_FEATURES.prefix(epoch=0, shard=0, shards=2) / storage.MANIFEST_NAME).unlink()
+    weights = next((store / WARMUP_CHECKPOINT.prefix(epoch=0)).rglob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[:-8] + b"garbage!")
     before = manifests(store)
     code, err = run_cli(["run", str(spec), "-q", "--storage", str(store)], capsys)
     assert code == 2 and "does not match its manifest" in err
-    assert f"delete the artifact {(store / artifacts.checkpoint_prefix(0)).as_uri()} (everything under it) and rerun" in err
+    assert f"delete the artifact {(store / WARMUP_CHECKPOINT.prefix(epoch=0)).as_uri()} (everything under it) and rerun" in err
     assert manifests(store) == before
-    shutil.rmtree(store / artifacts.checkpoint_prefix(0))
+    shutil.rmtree(store / WARMUP_CHECKPOINT.prefix(epoch=0))
     assert main_run(spec, store) == 0  # the hint works
 
 

@@ -1,4 +1,4 @@
-"""Kernel ridge propagation (ALGORITHMS.md §5 step 4) against a dense solve."""
+"""Kernel ridge propagation (docs/algorithms.md §14.4) against a dense solve."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Influence Distillation's round-robin selection equals its plain loop (ALGORITHMS.md §5)."""
+"""Influence Distillation's round-robin selection equals its plain loop (docs/algorithms.md §14.5)."""
 
 from __future__ import annotations
 

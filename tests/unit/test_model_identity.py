@@ -7,7 +7,8 @@ import shutil
 import pytest
 
 from selection import models, storage
-from selection.models import ModelLoadError, StorageOptions, model_identity, resolve_model_dir
+from selection.contract import StorageLocation
+from selection.models import ModelLoadError, model_identity, resolve_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,8 @@ def test_s3_model_is_refetched_when_rewritten(s3_bucket, tiny_dirs, tmp_path):
     store = storage.open_store(f"s3://{bucket}/models/tiny")
     for path in first.iterdir():
         store.put_file(path.name, path)
-    source, options = f"s3://{bucket}/models/tiny", StorageOptions(endpoint=server.endpoint_url)
+    source = f"s3://{bucket}/models/tiny"
+    options = StorageLocation(uri=source, endpoint=server.endpoint_url)
     before = model_identity(source, s3=options)
     cached = resolve_model_dir(source, tmp_path / "cache", options)
     store.put_file("model.safetensors", other / "model.safetensors")

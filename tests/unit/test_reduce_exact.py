@@ -1,4 +1,4 @@
-"""The fast reductions equal the naive §5 loops exactly (same indices, same order)."""
+"""The fast reductions equal the naive loops of docs/algorithms.md §9-§14 exactly (same order)."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ def test_demo_spec_loads_with_documented_defaults():
     assert resource.name == "demo"
     assert resource.spec.selection.method == "bids"
     assert resource.spec.gradients.train_type == "adam"
-    # ALGORITHMS.md §2 defaults where the demo does not override them
+    # docs/algorithms.md §3 defaults where the demo does not override them
     assert resource.spec.warmup.beta2 == 0.999
     assert resource.spec.warmup.lora.dropout == 0.1
     assert resource.spec.warmup.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
