@@ -187,7 +187,7 @@ class JvpEmbedder:
     @staticmethod
     def _hidden_size(model) -> int:
         config = decoder_of(model).config
-        return int(getattr(config, "hidden_size"))
+        return int(config.hidden_size)
 
     def kept_blocks(self, model) -> int:
         return min(self.blocks, len(decoder_of(model).layers))

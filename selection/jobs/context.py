@@ -11,7 +11,6 @@ import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 from selection import artifacts, data, spec as spec_module, storage
 from selection.contract import JobArgs, ShardRange, shard_range
@@ -74,7 +73,7 @@ class StageContext:
         from selection.reduce import ReductionError, resolve_budget
 
         pool = len(self.train_examples)
-        self.validation_examples
+        _ = self.validation_examples  # parsed now, so a bad validation file fails here
         try:
             return resolve_budget(self.spec.selection.budget, pool)
         except ReductionError as error:

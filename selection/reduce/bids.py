@@ -147,7 +147,8 @@ class BidsEngine:
                     for j in range(start, stop):
                         self._build_column(j, block[j - start])
                 else:
-                    list(pool.map(lambda j: self._build_column(j, block[j - start]), range(start, stop)))
+                    list(pool.map(lambda j, block=block, start=start: self._build_column(j, block[j - start]),
+                                  range(start, stop)))
                 del block
         self.head_index = self.index[:, 0].astype(np.int64)
         self.head_value = self.value[:, 0].copy()
