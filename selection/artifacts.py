@@ -333,9 +333,10 @@ class ArtifactKind(Generic[M]):
     replace_stale: bool = False
 
     def prefix(self, **where: int) -> str:
+        fields: dict[str, int | str] = dict(where)
         if "shard" in where:
-            where = {**where, "shard_name": shard_name(where["shard"], where["shards"])}
-        return self.template.format(**where)
+            fields["shard_name"] = shard_name(where["shard"], where["shards"])
+        return self.template.format(**fields)
 
     def exists(self, store: ArtifactStore, fingerprints: Fingerprints, **where: int) -> bool:
         """Finished with the current inputs (StaleArtifactError when finished with others)."""

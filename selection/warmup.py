@@ -181,8 +181,8 @@ def train_warmup(
                 "exp_avg_sq": resume_from.exp_avg_sq[name].to(device, parameter.dtype).clone(),
             }
         first_epoch, resumed_steps = resume_from.epoch + 1, resume_from.step
-    for group in optimizer.param_groups:
-        group.setdefault("initial_lr", group["lr"])
+    for param_group in optimizer.param_groups:
+        param_group.setdefault("initial_lr", param_group["lr"])
     # last_epoch places the schedule at the resumed step without replaying it
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(spec, total_steps), last_epoch=resumed_steps - 1

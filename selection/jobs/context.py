@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 
 from selection import artifacts, data, spec as spec_module, storage
+from selection.artifacts import Fingerprints
 from selection.contract import JobArgs, ShardRange, shard_range
 
 
@@ -61,6 +62,15 @@ class StageContext:
         return examples
 
     @cached_property
+    def validation_tasks(self) -> list[str]:
+        """Each validation example's task, in file order."""
+        tasks = []
+        for example in self.validation_examples:
+            assert example.task is not None, "parse_jsonl(require_task=True) gives every validation line a task"
+            tasks.append(example.task)
+        return tasks
+
+    @cached_property
     def _validation_digest(self) -> list[list[str]]:
         return [[e.task or "", data.sha256_hex(e.raw.encode())] for e in self.validation_examples]
 
@@ -102,7 +112,7 @@ class StageContext:
 
     # --- fingerprints ---------------------------------------------------------------------
     @cached_property
-    def fingerprints(self) -> artifacts.Fingerprints:
+    def fingerprints(self) -> Fingerprints:  # not `artifacts.`: the property `artifacts` shadows the module here
         """What each artifact kind's inputs hash to (the data are read when first needed)."""
         return artifacts.Fingerprints(
             self.spec, lambda: data.sha256_hex(self._train_bytes), lambda: self._validation_digest

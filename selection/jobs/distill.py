@@ -184,12 +184,12 @@ def ensure_distilled_scores(ctx: StageContext, progress: Callable[[int], None] |
     validation = VALIDATION_FEATURES.load_array(store, artifacts.FEATURES_FILE, epoch=at)
     at_landmarks = scores.landmark_scores(features, validation)
 
-    parts, blocks = [], None
+    parts = []
     for shard in range(g.shards):
         where = dict(shard=shard, shards=g.shards)
-        meta = EMBEDDINGS.require(store, fingerprints, f"embeddings of shard {shard}", **where)
-        parts.append(_rows(EMBEDDINGS, ctx, artifacts.EMBEDDINGS_FILE, meta.rows, **where))
-        blocks = meta.blocks
+        embedded = EMBEDDINGS.require(store, fingerprints, f"embeddings of shard {shard}", **where)
+        parts.append(_rows(EMBEDDINGS, ctx, artifacts.EMBEDDINGS_FILE, embedded.rows, **where))
+        blocks = embedded.blocks
     directory = ctx.scratch / "distilled-scores"
     if directory.exists():
         shutil.rmtree(directory)

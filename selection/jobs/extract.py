@@ -66,7 +66,7 @@ def ensure_validation_features(
             {artifacts.FEATURES_FILE: features},
             artifacts.ValidationFeaturesMetadata(
                 fingerprint=fingerprints.validation, epoch=epoch, rows=len(examples),
-                tasks=[e.task for e in ctx.validation_examples],
+                tasks=ctx.validation_tasks,
             ),
             epoch=epoch,
         )

@@ -33,7 +33,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         raise artifacts.StaleArtifactError(
             f"score rows ({matrix.shape[0]}) do not match the training pool ({len(pool)} lines)"
         )
-    tasks = [e.task for e in ctx.validation_examples]
+    tasks = ctx.validation_tasks
     sel = ctx.spec.selection
     budget = resolve_budget(sel.budget, len(pool))
     result = reduce_matrix(

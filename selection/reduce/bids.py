@@ -324,6 +324,7 @@ def bids_order(
     `list_length` overrides the per-column list length (tests use it to force refills).
     """
     column_stats = stats if normalize_columns else None
+    source: TaskSource | InstanceSource
     if granularity == "task":
         source = TaskSource(matrix, column_stats, groups)
     else:

@@ -167,7 +167,7 @@ def run_reduce(args: argparse.Namespace) -> int:
             normalize=args.normalize, iterative=args.iterative, seed=args.seed,
         )
     except ReductionError as error:
-        where = {"matrix": f"--matrix {args.matrix}: ", "tasks": f"--tasks {args.tasks}: "}
+        where: dict[str | None, str] = {"matrix": f"--matrix {args.matrix}: ", "tasks": f"--tasks {args.tasks}: "}
         return _fail(f"{where.get(error.input, '')}{error}")
     text = json.dumps(result.to_json_dict()) + "\n"
     if output is None:
