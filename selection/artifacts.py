@@ -150,7 +150,7 @@ class Fingerprints:
         self._validation_digest = validation_digest
 
     def _hash(self, inputs: dict[str, Any]) -> str:
-        from selection.spec import spec_fingerprint
+        from selection.spec import spec_fingerprint  # deferred: pydantic would double the operator-facing import time
 
         return spec_fingerprint(inputs)
 

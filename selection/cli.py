@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from selection.contract import EXIT_BAD_INPUT
+from selection.contract import EXIT_BAD_INPUT, JobArgs, StorageLocation
+from selection.crd import add_crd_parser
+from selection.files import write_text_atomically
+from selection.jobs.context import StageContext
+from selection.jobs.runner import user_errors
+from selection.reduce.cli import add_reduce_parser
+from selection.spec import load_selection
 
 
 def _summary(document: dict[str, Any]) -> str:
@@ -34,14 +40,11 @@ def _summary(document: dict[str, Any]) -> str:
 
 def _write_output(path: str, document: dict[str, Any]) -> None:
     """Write atomically: a reader never sees a half-written selection."""
-    from selection.files import write_text_atomically
-
     write_text_atomically(path, json.dumps(document, indent=2) + "\n")
 
 
 def _run(args: argparse.Namespace) -> int:
-    from selection.local import run_selection
-    from selection.spec import load_selection
+    from selection.local import run_selection  # deferred: only `dsel run` needs every stage module
 
     resource = load_selection(args.spec)
     document = run_selection(
@@ -60,13 +63,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from selection.spec import load_selection
-
     resource = load_selection(args.spec)
     if args.check_data:
-        from selection.contract import JobArgs, StorageLocation
-        from selection.jobs.context import StageContext
-
         base_dir = str(Path(args.spec).resolve().parent)
         ctx = StageContext(JobArgs(resource, StorageLocation(uri="unused"), base_dir=base_dir))
         print(f"{args.spec}: {len(ctx.train_examples)} training examples, "
@@ -104,20 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--check-data", action="store_true", help="also read and check the JSONL files")
     validate.set_defaults(handler=_validate)
 
-    from selection.reduce.cli import add_reduce_parser
-
     add_reduce_parser(commands)
-
-    from selection.crd import add_crd_parser
-
     add_crd_parser(commands)
 
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from selection.jobs.runner import user_errors
-
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

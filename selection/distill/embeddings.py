@@ -46,6 +46,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from selection.data import Tokenized, collate
+from selection.gradients.projection import make_projector
 
 TANGENT_KIND = 3  # Philox stream kind of the tangent draws (the projections use 1 and 2)
 _FORWARD_AD_ATTENTION = ("eager", "sdpa")  # attention implementations forward-mode AD can run
@@ -213,8 +214,6 @@ class JvpEmbedder:
         Batches are consecutive runs of `batch_size` examples (as in `compute_features`), so shards
         starting at multiples of `batch_size` give the same numbers whatever the sharding.
         """
-        from selection.gradients.projection import make_projector
-
         decoder = decoder_of(model)
         device = next(model.parameters()).device
         raw_dim = self.tangents * self._hidden_size(model)

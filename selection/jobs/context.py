@@ -15,6 +15,8 @@ from pathlib import Path
 from selection import artifacts, data, spec as spec_module, storage
 from selection.artifacts import Fingerprints
 from selection.contract import JobArgs, ShardRange, shard_range
+from selection.models import load_model_and_tokenizer
+from selection.reduce import ReductionError, resolve_budget
 
 
 @dataclass
@@ -80,8 +82,6 @@ class StageContext:
         The first stage calls it, so bad data or an impossible budget fails in seconds instead
         of after warmup and extraction.
         """
-        from selection.reduce import ReductionError, resolve_budget
-
         pool = len(self.train_examples)
         _ = self.validation_examples  # parsed now, so a bad validation file fails here
         try:
@@ -92,8 +92,6 @@ class StageContext:
     # --- model ----------------------------------------------------------------------------
     def load_model(self):
         """A fresh (model, tokenizer) pair; stages wrap the model with LoRA themselves."""
-        from selection.models import load_model_and_tokenizer
-
         model_spec = self.spec.model
         return load_model_and_tokenizer(
             model_spec.source,

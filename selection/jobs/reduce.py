@@ -17,12 +17,11 @@ from selection.artifacts import SELECTION
 from selection.jobs import runner
 from selection.jobs.context import StageContext
 from selection.jobs.methods import method_for
+from selection.reduce import reduce_matrix, resolve_budget
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     """Reduce (unless this exact selection is finished) and return the selection document."""
-    from selection.reduce import reduce_matrix, resolve_budget
-
     store = ctx.artifacts
     if SELECTION.exists(store, ctx.fingerprints):
         return SELECTION.load_json(store, artifacts.SELECTION_FILE)

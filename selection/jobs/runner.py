@@ -8,8 +8,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from selection import artifacts, data, spec, storage
 from selection.contract import EXIT_BAD_INPUT, JobArgs, JobArgumentError, read_job_args
 from selection.jobs.context import StageContext
+from selection.models import ModelLoadError
+from selection.reduce import ReductionError
 
 TERMINATION_LOG = Path("/dev/termination-log")  # Kubernetes shows it in the pod's status
 
@@ -18,10 +21,6 @@ log = logging.getLogger("dsel.jobs")
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input or a refused rerun: reported in one line, exit code 2."""
-    from selection import artifacts, data, spec, storage
-    from selection.models import ModelLoadError
-    from selection.reduce import ReductionError
-
     return (
         spec.SpecError, data.DataError, JobArgumentError, storage.StorageError,
         ModelLoadError, artifacts.StaleArtifactError, ReductionError,

@@ -14,6 +14,9 @@ from pathlib import Path
 
 from selection.contract import EXIT_BAD_INPUT
 from selection.files import write_text_atomically
+from selection.reduce import ReductionError, load_matrix, load_tasks, reduce_matrix, resolve_budget
+from selection.reduce.base import GRANULARITIES
+from selection.reduce.registry import ALL_METHODS
 
 DESCRIPTION = """\
 Select training examples from an attribution matrix A (N training examples x M validation
@@ -72,9 +75,6 @@ def _seed(text: str) -> int:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    from selection.reduce.base import GRANULARITIES
-    from selection.reduce.registry import ALL_METHODS
-
     parser.add_argument(
         "--matrix", required=True, metavar="PATH",
         help="attribution matrix: N x M .npy file, or directory of row-shard .npy files",
@@ -139,8 +139,6 @@ def _fail(message: str) -> int:
 
 def run_reduce(args: argparse.Namespace) -> int:
     """Run `dsel reduce` for parsed arguments; returns the exit status."""
-    from selection.reduce import ReductionError, load_matrix, load_tasks, reduce_matrix, resolve_budget
-
     started = time.perf_counter()
     output = None if args.output in (None, "-") else Path(args.output)
     if output is not None and not output.parent.is_dir():
