@@ -115,7 +115,7 @@ class Workspace:
     reusing a buffer for the elementwise Adam transform on this machine.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._buffers: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
 
     def get(self, purpose: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
