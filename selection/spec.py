@@ -7,6 +7,7 @@ Field names are camelCase in YAML (Kubernetes convention) and snake_case in Pyth
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -538,8 +539,6 @@ def load_selection(path: str | Path) -> DataSelection:
 
 def spec_fingerprint(part: Any) -> str:
     """A stable hash of a JSON-able value: artifacts record it to refuse mixing runs."""
-    import hashlib
-
     canonical = json.dumps(part, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -131,7 +131,7 @@ def _env(storage: StorageLocation) -> list[dict[str, Any]]:
     ]
     if storage.credentials_secret:
         for key, required in SECRET_KEYS.items():
-            reference = {"name": storage.credentials_secret, "key": key}
+            reference: dict[str, Any] = {"name": storage.credentials_secret, "key": key}
             if not required:
                 reference["optional"] = True
             env.append({"name": key, "valueFrom": {"secretKeyRef": reference}})

@@ -28,12 +28,15 @@ import logging
 import os
 from collections.abc import Mapping
 from importlib import metadata
+from typing import TypeVar
 
 DEFAULT_METRICS_PORT = 9090
 # A running selection is re-read this often even when no Job event arrives: Job events wake the
 # operator at once, so this only bounds how long a missed event can go unnoticed.
 DEFAULT_RESYNC_SECONDS = 30.0
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# What an integer variable falls back to when unset: a number, or None for "no limit".
+_Default = TypeVar("_Default", int, None)
 
 
 class SettingsError(ValueError):
@@ -74,7 +77,7 @@ class OperatorSettings:
             value = env.get(name, "").strip()
             return value or None
 
-        def integer(name: str, default: int | None, low: int, high: int | None = None) -> int | None:
+        def integer(name: str, default: _Default, low: int, high: int | None = None) -> int | _Default:
             raw = text(name)
             if raw is None:
                 return default

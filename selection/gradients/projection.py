@@ -184,11 +184,11 @@ class CountSketchProjector:
 
     def _scratch(self, device: torch.device, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Reused int64 index and float32 sign buffers (fresh large CPU allocations page-fault)."""
-        index, sign = self._buffers.get(device, (None, None))
-        if index is None or index.numel() < n:
-            index = torch.empty(n, dtype=torch.int64, device=device)
-            sign = torch.empty(n, dtype=torch.float32, device=device)
-            self._buffers[device] = (index, sign)
+        buffers = self._buffers.get(device)
+        if buffers is None or buffers[0].numel() < n:
+            buffers = (torch.empty(n, dtype=torch.int64, device=device), torch.empty(n, dtype=torch.float32, device=device))
+            self._buffers[device] = buffers
+        index, sign = buffers
         return index[:n], sign[:n]
 
     def project(self, vectors: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from selection import artifacts, data, spec, storage
 from selection.contract import EXIT_BAD_INPUT, JobArgs, JobArgumentError, read_job_args
 from selection.jobs.context import StageContext
+from selection.models import ModelLoadError
+from selection.output import OutputError
+from selection.reduce import ReductionError
+from selection.redact import redact
 
 EXIT_UNEXPECTED = 1  # Kubernetes retries it (backoffLimitPerIndex): it may be transient
 TERMINATION_LOG = Path("/dev/termination-log")  # Kubernetes shows it in the pod's status
@@ -19,11 +24,6 @@ log = logging.getLogger("dsel.jobs")
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input or a refused rerun: reported in one line, exit code 2."""
-    from selection import artifacts, data, spec, storage
-    from selection.models import ModelLoadError
-    from selection.output import OutputError
-    from selection.reduce import ReductionError
-
     return (
         spec.SpecError, data.DataError, JobArgumentError, storage.StorageError,
         ModelLoadError, artifacts.StaleArtifactError, ReductionError, OutputError,
@@ -34,8 +34,6 @@ class _RedactingFilter(logging.Filter):
     """Logs reach `kubectl logs` and log collectors: strip credentials like stderr does."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from selection.redact import redact
-
         message = record.getMessage()
         cleaned = redact(message)
         if cleaned != message:
@@ -52,8 +50,6 @@ def install_log_redaction() -> None:
 
 def report_failure(stage: str, message: str) -> None:
     """Print the reason and leave it where Kubernetes puts it into the pod status."""
-    from selection.redact import redact
-
     line = redact(f"dsel {stage}: error: {message}")
     print(line, file=sys.stderr, flush=True)
     try:
@@ -85,8 +81,6 @@ def run_stage(stage: str, body: Callable[[StageContext], Any], argv: list[str] |
         return EXIT_BAD_INPUT
     except Exception as error:  # a bug or an outage: retried (exit 1), but never printed with secrets
         import traceback
-
-        from selection.redact import redact
 
         print(redact(traceback.format_exc()), file=sys.stderr, end="", flush=True)
         report_failure(stage, f"unexpected {type(error).__name__}: {error}")
