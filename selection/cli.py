@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from selection.threads import configure_threads
+
+    configure_threads()  # before anything imports torch: OpenMP reads these once, at load
     from selection.jobs.runner import user_errors
 
     args = build_parser().parse_args(argv)

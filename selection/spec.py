@@ -153,10 +153,14 @@ class GradientsSpec(_Section):
 
     projection_dim: int = Field(default=8192, ge=1, description="Dimension d of projected features.")
     projection: Literal["rademacher", "countsketch"] = Field(
-        default="rademacher",
+        default="countsketch",
         description=(
-            "Random projection: dense Rademacher (+-1/sqrt(d), generated in seeded blocks, never "
-            "as one p x d matrix) or CountSketch (each coordinate hashed to one bucket with a sign)."
+            "Random projection. 'countsketch' (default): each coordinate hashed to one bucket with "
+            "a random sign; O(p) work, extraction at about 1.1x a plain forward+backward. "
+            "'rademacher': dense +-1/sqrt(d) as LESS/TRAK (generated in seeded blocks of at most "
+            "1 GiB, never as one p x d matrix); LESS-identical but about 25x slower on CPU at "
+            "r=128. Measured cosine error vs the exact gradients is the same for both "
+            "(docs/performance.md)."
         ),
     )
     seed: int = Field(default=0, ge=0, description="Projection seed; the same in every shard.")

@@ -128,11 +128,24 @@ def compute_features(
         out[start : start + len(chunk)] = normalize_rows(projected.float()).cpu().numpy().astype(np.float16)
         if progress:
             progress(len(chunk))
+    release = getattr(extractor, "release", None)
+    if release is not None:
+        release()  # scratch buffers and this checkpoint's moments; what it learned stays
     return out
 
 
-def default_extractor() -> FeatureExtractor:
-    """The extractor the pipeline uses: the batched engine (one backward per batch)."""
-    from selection.gradients.engine import LoraGradientEngine
+_PIPELINE_ENGINE: FeatureExtractor | None = None
 
-    return LoraGradientEngine()
+
+def default_extractor() -> FeatureExtractor:
+    """The extractor the pipeline uses: the batched engine (one backward per batch).
+
+    One engine per process, so a batch size it lowered after an out-of-memory error stays lowered
+    for every later checkpoint and for the validation features, instead of failing again first.
+    """
+    global _PIPELINE_ENGINE
+    if _PIPELINE_ENGINE is None:
+        from selection.gradients.engine import LoraGradientEngine
+
+        _PIPELINE_ENGINE = LoraGradientEngine()
+    return _PIPELINE_ENGINE
