@@ -46,6 +46,7 @@ sys.path.insert(0, str(ROOT))
 import aiohttp  # noqa: E402
 import kmock  # noqa: E402
 
+from bench.reporting import publish  # noqa: E402
 from selection import artifacts, storage  # noqa: E402
 from selection.crd import build_crd  # noqa: E402
 from tests.kube_emulator import KubeEmulator  # noqa: E402
@@ -378,12 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()[0]
     results = asyncio.run(run(args))
     text = table(results, args, (load_start, os.getloadavg()[0]))
-    print(text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    publish(text, results, args.output, args.json)
     return 0
 
 

@@ -39,9 +39,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))
 
-from gradients import synthetic_conversations  # noqa: E402  (bench/ is not a package)
+from bench.gradients import synthetic_conversations  # noqa: E402
+from bench.reporting import publish  # noqa: E402
 
 STAGE_ORDER = ("warmup", "extract", "score", "reduce")
 MODEL = "tiny:llama-small"
@@ -225,14 +226,15 @@ def table(results: list[dict], args, loads: tuple[float, float], minutes: float)
                 f"| {result['size']} | {label} | {row['processes']} | {row['seconds']:.1f} | "
                 f"{result['size'] / row['seconds']:.2f} | {row['peak_rss'] / 2**20:.0f} |"
             )
-    lines += ["", "| pool | extract x floor (whole processes) | extract loop x floor loop | extract peak RSS vs N |",
-              "|---:|---:|---:|---:|"]
+    lines += ["", "| pool | extract x floor (whole processes) | extract loop s | floor loop s | extract loop x floor loop "
+              "| extract peak RSS vs N |", "|---:|---:|---:|---:|---:|---:|"]
     base_rss = results[0]["stages"]["extract"]["peak_rss"]
     for result in results:
         extract, floor = result["stages"]["extract"], result["stages"]["floor"]
         loop = extract["loop"] / floor["loop"]
         lines.append(
-            f"| {result['size']} | {extract['seconds'] / floor['seconds']:.2f} | {loop:.2f} | "
+            f"| {result['size']} | {extract['seconds'] / floor['seconds']:.2f} | {extract['loop']:.1f} | "
+            f"{floor['loop']:.1f} | {loop:.2f} | "
             f"{extract['peak_rss'] / base_rss:.3f} |"
         )
     lines += ["", "Peak RSS growth from N to 4N per stage (ratio):", ""]
@@ -272,12 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_size(size, args, env, work, log))
             print(f"  pool {size}: done after {time.perf_counter() - started:.0f} s", flush=True)
     text = table(results, args, (load_start, os.getloadavg()[0]), (time.perf_counter() - started) / 60)
-    print(text)
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text + "\n")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    publish(text, results, args.output, args.json)
     return 0
 
 
