@@ -20,9 +20,12 @@ Scenarios:
 Measured: "phase advance" = time from the driver's completion patch of a Job (its response) to
 the operator's creation of the next phase's Job (the watch event's arrival at the driver), and
 for the reduce Job to the resource's phase Succeeded; p50/p95/max over all selections. Operator
-RSS: sampled every 50 ms from /proc (peak), and the kernel's high-water mark. API requests per
+RSS: sampled every 50 ms from /proc (peak), and the kernel's high-water mark; operator CPU
+time (user + system) per selection. API requests per
 selection: requests the operator process sent (told apart by User-Agent), total / selections,
-and by verb + resource.
+and by verb + resource. To tell a slow operator from a slow stand-in API server: the emulator's
+time to answer each request, and how late this process's event loop (emulator and driver share
+it) wakes up.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class CountingEmulator(KubeEmulator):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.tally: collections.Counter = collections.Counter()
+        self.handling: list[float] = []  # seconds to answer each non-watch request
 
     async def __call__(self, raw_request):
         agent = raw_request.headers.get("User-Agent", "")
@@ -80,7 +84,12 @@ class CountingEmulator(KubeEmulator):
         elif verb == "GET" and parts and parts[-1] in ("jobs", "dataselections", "configmaps", "pods", "events"):
             verb = "LIST"
         self.tally[(client, verb, resource)] += 1
-        return await super().__call__(raw_request)
+        started = time.monotonic()
+        try:
+            return await super().__call__(raw_request)
+        finally:
+            if verb != "WATCH":
+                self.handling.append(time.monotonic() - started)
 
 
 def selection(name: str, bucket: str, endpoint: str, shards: int) -> dict:
@@ -199,6 +208,19 @@ class StatusDriver:
         return out
 
 
+class LoopLag:
+    """How late this process's event loop (emulator and driver) wakes from 50 ms sleeps."""
+
+    def __init__(self, interval: float = 0.05):
+        self.interval, self.lags = interval, []
+
+    async def run(self) -> None:
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(self.interval)
+            self.lags.append(time.monotonic() - started - self.interval)
+
+
 class RssSampler:
     """Peak VmRSS of a process, sampled from /proc every `interval` seconds."""
 
@@ -211,6 +233,12 @@ class RssSampler:
                 if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
         return 0
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the process has used so far."""
+        with open(f"/proc/{self.pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     async def run(self) -> None:
         while True:
@@ -266,8 +294,9 @@ async def run(args) -> dict:
                  "--namespace", NAMESPACE],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             )
-            rss = RssSampler(operator.pid)
+            rss, lag = RssSampler(operator.pid), LoopLag()
             sampler = asyncio.create_task(rss.run())
+            lagger = asyncio.create_task(lag.run())
             driver = StatusDriver(kube, s3, args.job_seconds)
             watches = driver.start(bucket)
             try:
@@ -280,6 +309,8 @@ async def run(args) -> dict:
                 for label, count, shards in scenarios:
                     names = [f"{label}-{i:03d}" for i in range(count)]
                     before = collections.Counter(kube.tally)
+                    handled, lagged = len(kube.handling), len(lag.lags)
+                    cpu_before = rss.cpu_seconds()
                     started = time.monotonic()
                     for name in names:
                         await post(kube, f"/apis/dsel.dev/v1alpha1/namespaces/{NAMESPACE}/dataselections",
@@ -288,6 +319,7 @@ async def run(args) -> dict:
                                      f"{count} selection(s) Succeeded")
                     seconds = time.monotonic() - started
                     await asyncio.sleep(1.0)  # let the last status writes land in the tally
+                    cpu = rss.cpu_seconds() - cpu_before
                     used = kube.tally - before
                     operator_requests = {k: v for k, v in used.items() if k[0] == "operator"}
                     jobs = [j for j in kube.live_objects("batch/v1/jobs", NAMESPACE)
@@ -310,16 +342,19 @@ async def run(args) -> dict:
                         "advance_max": max(advances), "advances": len(advances),
                         "by_transition": {k: [percentile(v, 0.5), percentile(v, 0.95), max(v), len(v)]
                                           for k, v in by_transition.items()},
-                        "rss_peak": rss.peak,
+                        "rss_peak": rss.peak, "operator_cpu_seconds": cpu,
+                        "emulator_answer_p50_p95_max": [
+                            percentile(kube.handling[handled:], q) for q in (0.5, 0.95, 1.0)],
+                        "bench_loop_lag_p95_max": [percentile(lag.lags[lagged:], q) for q in (0.95, 1.0)],
                     })
                     print(f"  {label}: {count} selection(s) x {shards} shards done in {seconds:.1f} s", flush=True)
                 results["rss_idle"] = idle_rss
                 results["rss_hwm"] = rss.read("VmHWM")
                 results["rss_peak"] = rss.peak
             finally:
-                for task in (*watches, sampler, *driver._tasks):
+                for task in (*watches, sampler, lagger, *driver._tasks):
                     task.cancel()
-                await asyncio.gather(*watches, sampler, *driver._tasks, return_exceptions=True)
+                await asyncio.gather(*watches, sampler, lagger, *driver._tasks, return_exceptions=True)
                 operator.terminate()
                 try:
                     operator.wait(timeout=20)
@@ -339,8 +374,8 @@ def table(results: dict, args, loads: tuple[float, float]) -> str:
         "(shared with other jobs; the emulator and driver share the machine with the operator).",
         "",
         "| scenario | selections x shards | Jobs (by stage) | extract Job | wall s | phase advance p50 / p95 / max s "
-        "| operator requests / selection | operator peak RSS MiB |",
-        "|---|---:|---|---|---:|---:|---:|---:|",
+        "| operator requests / selection | operator CPU s / selection | operator peak RSS MiB |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in results["scenarios"]:
         stages = ", ".join(f"{k} {v}" for k, v in sorted(row["jobs_by_stage"].items()))
@@ -348,7 +383,8 @@ def table(results: dict, args, loads: tuple[float, float]) -> str:
             f"| {row['label']} | {row['selections']} x {row['shards']} | {row['jobs']} ({stages}) | "
             f"{row['extract_mode']}, {row['extract_completions'][0]} completions | {row['seconds']:.1f} | "
             f"{row['advance_p50']:.2f} / {row['advance_p95']:.2f} / {row['advance_max']:.2f} | "
-            f"{row['requests_by_operator'] / row['selections']:.1f} | {row['rss_peak'] / 2**20:.0f} |"
+            f"{row['requests_by_operator'] / row['selections']:.1f} | "
+            f"{row['operator_cpu_seconds'] / row['selections']:.2f} | {row['rss_peak'] / 2**20:.0f} |"
         )
     lines += ["", f"Operator RSS: {results['rss_idle'] / 2**20:.0f} MiB idle after start-up, peak "
               f"{results['rss_peak'] / 2**20:.0f} MiB (sampled), high-water mark {results['rss_hwm'] / 2**20:.0f} MiB.",
@@ -357,6 +393,10 @@ def table(results: dict, args, loads: tuple[float, float]) -> str:
         transitions = "; ".join(f"{k}: {a:.2f} / {b:.2f} / {c:.2f} (n={n})"
                                 for k, (a, b, c, n) in row["by_transition"].items())
         lines.append(f"- {row['label']}: phase advance p50 / p95 / max s by transition: {transitions}")
+        answer, lagging = row["emulator_answer_p50_p95_max"], row["bench_loop_lag_p95_max"]
+        lines.append(f"  the emulator's answer time p50 / p95 / max: {answer[0] * 1000:.0f} / {answer[1] * 1000:.0f} / "
+                     f"{answer[2] * 1000:.0f} ms; the bench process's event-loop lag p95 / max: "
+                     f"{lagging[0] * 1000:.0f} / {lagging[1] * 1000:.0f} ms")
     for row in results["scenarios"]:
         created = ", ".join(f"{k}: {v}" for k, v in sorted(row["created_by_operator"].items()))
         lines.append(f"- {row['label']}: objects the operator created (POST): {created}")
@@ -372,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--many-shards", type=int, default=16, help="shards of each of those selections")
     parser.add_argument("--job-seconds", type=float, default=0.5, help="how long each Job 'runs'")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds of quiet after the operator's watches start")
-    parser.add_argument("--timeout", type=float, default=900.0, help="per scenario")
+    parser.add_argument("--timeout", type=float, default=2400.0, help="per scenario, seconds")
     parser.add_argument("--output", type=Path, help="also write the table (markdown) here")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     args = parser.parse_args(argv)
