@@ -158,7 +158,7 @@ class GradientsSpec(_Section):
             "Random projection. 'countsketch' (default): each coordinate hashed to one bucket with "
             "a random sign; O(p) work, extraction at about 1.1x a plain forward+backward. "
             "'rademacher': dense +-1/sqrt(d) as LESS/TRAK (generated in seeded blocks of at most "
-            "1 GiB, never as one p x d matrix); LESS-identical but about 25x slower on CPU at "
+            "1 GiB, never as one p x d matrix); LESS-identical but 20-100x slower on CPU at "
             "r=128. Measured cosine error vs the exact gradients (RMS, d=8192, r=128): 0.011 "
             "for CountSketch, 0.010 for the dense projection (docs/performance.md)."
         ),

@@ -11,8 +11,8 @@ whatever its shard, device or thread count, and any block can be regenerated on 
   exceeds 1 GiB whatever the projection dimension); each byte gives 8 consecutive row-major
   entries, most significant bit first, 1 -> +1/sqrt(d) and 0 -> -1/sqrt(d). Projecting costs p*d
   entries per call (generated blocks are cached up to 1 GiB, the rest regenerated), so it
-  dominates extraction on CPU once p is large (docs/performance.md: 25x the fwd+bwd floor at
-  r=128, seq 128).
+  dominates extraction on CPU once p is large (docs/performance.md: about 100x the fwd+bwd floor at
+  r=128, seq 128, 20x at seq 512).
 - `CountSketchProjector` (the fast option, the default): row i of P has a single nonzero, a random sign s(i) in
   column h(i). Block b draws R buckets (integers in [0, d)) and then R signs (bits, 1 -> +1); a
   last, partial block uses the first rows of those draws.
