@@ -13,8 +13,8 @@ whatever its shard, device or thread count, and any block can be regenerated on 
   entries per call (generated blocks are cached up to 1 GiB, the rest regenerated), so it
   dominates extraction on CPU once p is large (docs/performance.md: about 100x the fwd+bwd floor at
   r=128, seq 128, 20x at seq 512).
-- `CountSketchProjector` (the fast option, the default): row i of P has a single nonzero, a random sign s(i) in
-  column h(i). Block b draws R buckets (integers in [0, d)) and then R signs (bits, 1 -> +1); a
+- `CountSketchProjector` (the fast option, the default): row i of P has a single nonzero, a
+  random sign s(i) in column h(i). Block b draws R buckets (integers in [0, d)) and then R signs (bits, 1 -> +1); a
   last, partial block uses the first rows of those draws.
   O(p) memory (5 bytes per coordinate) and O(p) work per vector. For any two vectors its
   inner-product estimate is unbiased with exactly the same variance as the dense Rademacher one,
