@@ -11,12 +11,13 @@ from typing import Any, Iterator, Sequence
 
 from selection.contract import EXIT_BAD_INPUT, JobArgs, StorageLocation
 from selection.crd import add_crd_parser
-from selection.output import check_output_path, write_output
 from selection.jobs.context import StageContext
+from selection.output import check_output_path, write_output
 from selection.jobs.runner import user_errors
 from selection.reduce.cli import add_reduce_parser
-from selection.spec import SpecError, load_selection
 from selection.redact import redact
+from selection.spec import SpecError, load_selection
+from selection.threads import configure_threads
 
 
 def _summary(document: dict[str, Any]) -> str:
@@ -132,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    configure_threads()  # before anything imports torch (the stages import it lazily): OpenMP reads these once
+
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)

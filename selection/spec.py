@@ -196,10 +196,14 @@ class GradientsSpec(_Section):
 
     projection_dim: int = Field(default=8192, ge=1, description="Dimension d of projected features.")
     projection: Literal["rademacher", "countsketch"] = Field(
-        default="rademacher",
+        default="countsketch",
         description=(
-            "Random projection: dense Rademacher (+-1/sqrt(d), generated in seeded blocks, never "
-            "as one p x d matrix) or CountSketch (each coordinate hashed to one bucket with a sign)."
+            "Random projection. 'countsketch' (default): each coordinate hashed to one bucket with "
+            "a random sign; O(p) work, extraction at about 1.1x a plain forward+backward. "
+            "'rademacher': dense +-1/sqrt(d) as LESS/TRAK (generated in seeded blocks of at most "
+            "1 GiB, never as one p x d matrix); LESS-identical but 20-100x slower on CPU at "
+            "r=128. Measured cosine error vs the exact gradients (RMS, d=8192, r=128): 0.011 "
+            "for CountSketch, 0.010 for the dense projection (docs/performance.md)."
         ),
     )
     seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Projection seed; the same in every shard.")

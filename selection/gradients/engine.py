@@ -30,7 +30,8 @@ Dropout is off (the model is put in eval mode for the call). Compute runs in the
 on the model's device (bf16 on GPUs that support it: see `selection.models.pick_device_and_dtype`);
 `autocast_dtype=torch.bfloat16` runs a float32 model under bf16 autocast instead. Per-example blocks
 are promoted to float32 before preconditioning and projection. On a CUDA out-of-memory error the
-batch is split in halves and retried, and the smaller size is kept for later batches.
+batch is split in halves and retried, and the smaller size is kept for later batches (and, with
+the pipeline's one engine per process, `features.default_extractor`, for later checkpoints).
 """
 
 from __future__ import annotations
@@ -272,6 +273,11 @@ class LoraGradientEngine:
                 continue
             start += size
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def release(self) -> None:
+        """Free the scratch buffers and the cached preconditioner state; keep the lowered batch size."""
+        self._segments = None
+        self.workspace.clear()
 
     def _segment_transform(self, precondition: SegmentPreconditioner, device: torch.device, total: int):
         """The preconditioner's per-device state, kept while the same preconditioner is in use."""

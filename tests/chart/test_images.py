@@ -286,6 +286,16 @@ def test_entrypoints() -> None:
     assert "--standalone" in cmd and "--liveness=http://0.0.0.0:8081/healthz" in cmd
 
 
+def test_worker_openmp_threads_sleep_when_idle() -> None:
+    final = parse_dockerfile(DOCKERFILES["worker"]).final
+    env = dict(
+        item.partition("=")[::2]
+        for i in final.instructions if i.keyword == "ENV"
+        for item in shlex.split(i.arguments)
+    )
+    assert env.get("OMP_WAIT_POLICY") == "PASSIVE"
+
+
 def test_operator_image_installs_only_the_operator_extra() -> None:
     runs = [i.arguments for stage in parse_dockerfile(DOCKERFILES["operator"]).stages
             for i in stage.instructions if i.keyword == "RUN"]

@@ -139,3 +139,11 @@ def test_storage_resolution_uses_operator_defaults():
 def test_unknown_stage_is_refused():
     with pytest.raises(ValueError, match="unknown stage"):
         manifests.build_job("train", resource(), STORAGE, SETTINGS)
+
+
+@pytest.mark.parametrize(("cpu", "threads"), [("4", "4"), ("500m", "1"), ("2.5", "3"), ("1500m", "2"), (None, None)])
+def test_worker_threads_sleep_when_idle_and_match_the_cpu_request(cpu, threads):
+    job = manifests.build_job("extract", resource(**({"cpu": cpu} if cpu else {})), STORAGE, SETTINGS)
+    env = {e["name"]: e.get("value") for e in pod(job)["containers"][0]["env"]}
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert env.get("OMP_NUM_THREADS") == threads and env.get("MKL_NUM_THREADS") == threads
