@@ -218,8 +218,18 @@ class Size:
     projection_dim: int
     gradient_batch: int
     landmarks: int
+    warmup_like_finetune: bool = False  # the warmup takes the fine-tune's LoRA shape and learning rate
     seed: int = 0
     bootstrap: int = 10_000
+
+    def measurement_key(self, base_model: str) -> str:
+        """What the measured losses depend on (not the features): pool, subsets, recipe, base model."""
+        from selection.spec import spec_fingerprint
+
+        return spec_fingerprint({
+            "pool": asdict(self.pool), "subsets": self.subsets, "fraction": self.subset_fraction,
+            "recipe": asdict(self.recipe), "base": base_model, "seed": self.seed,
+        })[:12]
 
 
 def size_preset(name: str) -> Size:
@@ -336,6 +346,11 @@ def selection_resource(size: Size, base_dir: Path, inputs: dict[str, Any], pool_
     manifest["metadata"]["name"] = f"attribution-{size.name}"
     manifest["spec"]["gradients"]["trainType"] = train_type
     manifest["spec"]["distillation"]["landmarks"] = size.landmarks
+    if size.warmup_like_finetune:
+        recipe = size.recipe
+        manifest["spec"]["warmup"].update({"learningRate": recipe.learning_rate, "lora": {
+            "r": recipe.lora_r, "alpha": recipe.lora_alpha, "dropout": recipe.lora_dropout,
+            "targetModules": list(recipe.target_modules)}})
     return parse_selection(manifest, source=f"bench.attribution {size.name}")
 
 
@@ -501,16 +516,22 @@ def measure_subsets(size: Size, base_dir: Path, pool: Sequence[PoolEntry], valid
 
 def score_table(masks: np.ndarray, losses: np.ndarray, matrices: dict[str, np.ndarray],
                 validation_tasks: Sequence[str], resamples: int, seed: int) -> list[dict[str, Any]]:
-    """One row per attribution: LDS mean, 95% CI, per-task means, the per-example values."""
+    """One row per attribution: LDS mean, 95% CI, the paired difference to the first row (same
+    validation examples and subsets) with its CI, per-task means, the per-example values."""
     rows = []
     labels = np.array(validation_tasks)
+    reference = None
     for label, matrix in matrices.items():
         values = lds_per_example(masks, matrix, losses)
+        reference = values if reference is None else reference
         low, high = bootstrap_interval(values, resamples, seed)
+        difference = values - reference
         rows.append({
             "method": label,
             "lds": float(values.mean()),
             "ci95": [low, high],
+            "vs_first": float(difference.mean()),
+            "vs_first_ci95": list(bootstrap_interval(difference, resamples, seed)),
             "per_task": {t: float(values[labels == t].mean()) for t in tasks.TASKS if (labels == t).any()},
             "per_example": values.tolist(),
         })
@@ -519,13 +540,16 @@ def score_table(masks: np.ndarray, losses: np.ndarray, matrices: dict[str, np.nd
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     present = [t for t in tasks.TASKS if any(t in r["per_task"] for r in rows)]
+    first = rows[0]["method"].split(" (")[0] if rows else ""
     lines = [
-        "| attribution | LDS | 95% CI | " + " | ".join(present) + " |",
-        "|---|---:|---:|" + "---:|" * len(present),
+        f"| attribution | LDS | 95% CI | vs {first} (paired) | " + " | ".join(present) + " |",
+        "|---|---:|---:|---:|" + "---:|" * len(present),
     ]
     for r in rows:
         per_task = " | ".join(f"{r['per_task'].get(t, float('nan')):+.2f}" for t in present)
-        lines.append(f"| {r['method']} | {r['lds']:+.3f} | [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] | {per_task} |")
+        low, high = r["vs_first_ci95"]
+        paired = "" if r is rows[0] else f"{r['vs_first']:+.3f} [{low:+.3f}, {high:+.3f}]"
+        lines.append(f"| {r['method']} | {r['lds']:+.3f} | [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] | {paired} | {per_task} |")
     return "\n".join(lines)
 
 
@@ -546,6 +570,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--subsets", type=int, help="m, the number of random subsets (default: 40 full)")
     parser.add_argument("--pool", type=int, help="pool size N (default: 400 full)")
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs per subset (default: 4 full)")
+    parser.add_argument("--warmup-examples", type=int, help="dsel warmup subset size (default: 150 full)")
+    parser.add_argument("--warmup-epochs", type=int, help="dsel warmup epochs = checkpoints (default: 2)")
+    parser.add_argument("--warmup-like-finetune", action="store_true",
+                        help="dsel warmup with the fine-tune's LoRA shape (r=16, all linear layers) and learning rate")
     parser.add_argument("--out", type=Path, help="results directory (default: bench/attribution_results; "
                         "smoke: under the cache, so it never overwrites the committed results)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="base models and work (default: %(default)s)")
@@ -560,6 +588,12 @@ def main(argv: list[str] | None = None) -> int:
         size = replace(size, pool=replace(size.pool, size=args.pool))
     if args.epochs is not None:
         size = replace(size, recipe=replace(size.recipe, epochs=args.epochs))
+    if args.warmup_examples is not None:
+        size = replace(size, warmup_examples=args.warmup_examples)
+    if args.warmup_epochs is not None:
+        size = replace(size, warmup_epochs=args.warmup_epochs)
+    if args.warmup_like_finetune:
+        size = replace(size, warmup_like_finetune=True)
     if size.subsets < 2 or size.pool.size < 2 * len(tasks.TASKS):
         parser.error("need at least 2 subsets and a pool of at least 12 examples")
     cache = args.cache.resolve()
@@ -603,15 +637,19 @@ def _run(args, size: Size, out: Path, cache: Path, log: Callable[[str], None], a
     pool, validation_sets = build_pool(size.pool, size.seed)
     validation = [item for t in tasks.TASKS for item in validation_sets[t]]
     validation_tasks = [item.task for item in validation]
-    recipe_key = spec_fingerprint({"size": asdict(size), "base": base_dir.name})[:12]
-    work = cache / "attribution" / f"{size.name}-{recipe_key}"
-    if args.fresh and work.exists():
-        shutil.rmtree(work)
+    # dsel's artifacts depend on everything; the measured losses only on the pool, subsets and recipe,
+    # so feature variants (other warmups) are scored against the same cached fine-tunes.
+    work = cache / "attribution" / f"{size.name}-{spec_fingerprint({'size': asdict(size), 'base': base_dir.name})[:12]}"
+    measured = cache / "attribution" / f"{size.name}-subsets-{size.measurement_key(base_dir.name)}"
+    if args.fresh:
+        for directory in (work, measured):
+            shutil.rmtree(directory, ignore_errors=True)
     inputs = tasks.write_selection_inputs(tasks.Datasets([e.item for e in pool], validation_sets, {}), work / "data")
     log(f"size {size.name}: pool {len(pool)} ({', '.join(f'{k} {v}' for k, v in size.pool.counts()[0].items())} "
         f"per capability, chatter {size.pool.counts()[1]}), {len(validation)} validation examples, "
         f"{size.subsets} subsets of {int(size.subset_fraction * len(pool))}, fine-tune {size.recipe.epochs} epochs; "
-        f"work in {work}")
+        f"dsel warmup {size.warmup_examples} examples x {size.warmup_epochs} epochs"
+        f"{' (fine-tune LoRA and lr)' if size.warmup_like_finetune else ''}; work in {work}, losses in {measured}")
 
     t0 = time.perf_counter()
     matrices, feature_seconds = dsel_attributions(size, base_dir, inputs, len(pool), len(validation), work, log)
@@ -625,7 +663,7 @@ def _run(args, size: Size, out: Path, cache: Path, log: Callable[[str], None], a
 
     t0 = time.perf_counter()
     masks = draw_subsets(len(pool), size.subsets, size.subset_fraction, size.seed)
-    losses, subset_seconds = measure_subsets(size, base_dir, pool, validation, masks, work / "subsets", log)
+    losses, subset_seconds = measure_subsets(size, base_dir, pool, validation, masks, measured, log)
     timings["fine-tuning"] = round(time.perf_counter() - t0, 1)
     timings["seconds per fine-tune (mean, incl. cached)"] = round(float(np.mean(subset_seconds)), 1)
 
