@@ -175,7 +175,9 @@ def build_pool(sizes: MixedPool, seed: int) -> tuple[list[PoolEntry], dict[str, 
                 return item
         raise RuntimeError("cannot draw a new distinct question; the pool is too large for the generator")
 
-    validation = {t: [fresh(lambda: tasks.make_item(t, rng)) for _ in range(sizes.validation_per_task)] for t in tasks.TASKS}
+    validation = {
+        t: [fresh(lambda: tasks.make_item(t, rng)) for _ in range(sizes.validation_per_task)] for t in tasks.TASKS
+    }
     pool: list[PoolEntry] = []
     for task in tasks.TASKS:
         on = [fresh(lambda: tasks.make_item(task, rng)) for _ in range(counts["on-target"])]
@@ -339,8 +341,9 @@ def selection_resource(size: Size, base_dir: Path, inputs: dict[str, Any], pool_
         min(1.0, size.warmup_examples / pool_size), size.warmup_epochs, size.projection_dim, size.gradient_batch
     )
     sections["maxLength"] = size.recipe.max_length
+    method_entry = quality_run.Method(method, {"method": method})
     resource = quality_run.selection_resource(
-        SimpleNamespace(selection=sections), size.seed, base_dir, inputs, quality_run.Method(method, {"method": method}), 0.1
+        SimpleNamespace(selection=sections), size.seed, base_dir, inputs, method_entry, 0.1  # budget: unused here
     )
     manifest = resource.to_manifest()
     manifest["metadata"]["name"] = f"attribution-{size.name}"
@@ -437,12 +440,13 @@ def dsel_attributions(size: Size, base_dir: Path, inputs: dict[str, Any], pool_s
 
     matrices, seconds = {}, {}
     adam_store, sgd_store = work / "dsel-adam", work / "dsel-sgd"  # a store holds one trainType
+    def spec(**options: str):
+        return selection_resource(size, base_dir, inputs, pool_size, **options)
+
     runs = [
-        ("less (dsel, Adam train vs plain val)", selection_resource(size, base_dir, inputs, pool_size), adam_store,
-         gradient_scores),
-        ("sgd (plain train vs plain val)", selection_resource(size, base_dir, inputs, pool_size, train_type="sgd"), sgd_store, gradient_scores),
-        ("influence-distillation (dsel)", selection_resource(size, base_dir, inputs, pool_size,
-                                                             method="influence-distillation"), adam_store, distilled_scores),
+        ("less (dsel, Adam train vs plain val)", spec(), adam_store, gradient_scores),
+        ("sgd (plain train vs plain val)", spec(train_type="sgd"), sgd_store, gradient_scores),
+        ("influence-distillation (dsel)", spec(method="influence-distillation"), adam_store, distilled_scores),
     ]
     for label, resource, store, read in runs:
         started = time.perf_counter()
@@ -459,7 +463,9 @@ def dsel_attributions(size: Size, base_dir: Path, inputs: dict[str, Any], pool_s
     return matrices, seconds
 
 
-def reference_attributions(pool: Sequence[PoolEntry], validation_tasks: Sequence[str], seed: int) -> dict[str, np.ndarray]:
+def reference_attributions(
+    pool: Sequence[PoolEntry], validation_tasks: Sequence[str], seed: int
+) -> dict[str, np.ndarray]:
     """Trivial references: same-task indicators (true labels) and seeded random scores."""
     pool_tasks = np.array([e.task for e in pool])
     clean = np.array([e.kind in ("on-target", "duplicate") for e in pool])
@@ -549,7 +555,8 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
         per_task = " | ".join(f"{r['per_task'].get(t, float('nan')):+.2f}" for t in present)
         low, high = r["vs_first_ci95"]
         paired = "" if r is rows[0] else f"{r['vs_first']:+.3f} [{low:+.3f}, {high:+.3f}]"
-        lines.append(f"| {r['method']} | {r['lds']:+.3f} | [{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}] | {paired} | {per_task} |")
+        interval = f"[{r['ci95'][0]:+.3f}, {r['ci95'][1]:+.3f}]"
+        lines.append(f"| {r['method']} | {r['lds']:+.3f} | {interval} | {paired} | {per_task} |")
     return "\n".join(lines)
 
 
@@ -577,8 +584,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="results directory (default: bench/attribution_results; "
                         "smoke: under the cache, so it never overwrites the committed results)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="base models and work (default: %(default)s)")
-    parser.add_argument("--fresh", action="store_true", help="delete this configuration's cached work (not the base model)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, see bench/quality/README.md)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="delete this configuration's cached work (not the base model)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1, see bench/quality/README.md)")
     args = parser.parse_args(argv)
 
     size = size_preset(args.size)
@@ -625,7 +634,8 @@ def _run(args, size: Size, out: Path, cache: Path, log: Callable[[str], None], a
     from selection.spec import spec_fingerprint
 
     torch.manual_seed(0)
-    command = "python -m bench.attribution " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    arguments = argv if argv is not None else sys.argv[1:]
+    command = "python -m bench.attribution " + " ".join(shlex.quote(a) for a in arguments)
     log(f"$ {command.strip()}")
     started = time.perf_counter()
     timings: dict[str, Any] = {}
@@ -675,7 +685,9 @@ def _run(args, size: Size, out: Path, cache: Path, log: Callable[[str], None], a
     summary = (
         f"validation loss: base model {base_losses.mean():.3f}, after fine-tuning {losses.mean():.3f} "
         f"(mean over subsets); spread across subsets (std per example, mean) {spread:.3f}\n"
-        f"self-check: in-sample least-squares datamodel (fits the measurements exactly) LDS = {self_check:.3f}"
+        f"self-check: in-sample least-squares datamodel (fits the measurements exactly) LDS = {self_check:.3f}\n"
+        f"time: features {timings['features']:.0f} s; fine-tuning {np.mean(subset_seconds):.1f} s per subset "
+        f"(as measured when the subset was first trained; {timings['fine-tuning']:.0f} s in this run)"
     )
     log("")
     log(table)
@@ -703,8 +715,8 @@ def _run(args, size: Size, out: Path, cache: Path, log: Callable[[str], None], a
         f"m = {size.subsets} random subsets of {int(size.subset_fraction * len(pool))} from a "
         f"{len(pool)}-example mixed pool; {len(validation)} validation examples; mean LDS with a 95% bootstrap "
         f"interval over validation examples; per-task columns are means.\n\n{table}\n\n"
-        + summary.replace("\n", "\n\n") + f"\n\nTotal {timings['total'] / 60:.1f} min on {platform.node() or 'this machine'} "
-        f"({args.threads} thread).\n"
+        + summary.replace("\n", "\n\n")
+        + f"\n\nTotal {timings['total'] / 60:.1f} min ({args.threads} thread, {platform.machine()}).\n"
     )
     return 0
 
