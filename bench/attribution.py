@@ -1,6 +1,6 @@
 """Attribution quality, measured directly: the linear datamodeling score (LDS) of dsel's features.
 
-    python -m bench.attribution                 # full: 400-example pool, 40 half-subsets (~20 min)
+    python -m bench.attribution                 # full: 400-example pool, 40 half-subsets (~14 min measured)
     python -m bench.attribution --size smoke    # the CI smoke test's size (seconds)
 
 The LDS of TRAK (Park et al. 2023): draw m random subsets S_1..S_m holding half of a training
