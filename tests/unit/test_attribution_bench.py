@@ -113,6 +113,10 @@ def test_smoke_run_writes_the_table(tmp_path):
     oracle = attribution.in_sample_datamodel(masks, losses)
     assert np.allclose(attribution.lds_per_example(masks, oracle, losses), 1.0)
     table = (out / "TABLE.md").read_text()
-    assert "| attribution | LDS | 95% CI | successor |" in table
+    assert "| attribution | LDS | 95% CI | vs less (paired) | successor |" in table
+    assert results["rows"][0]["vs_first"] == 0.0  # the paired column is relative to the LESS row
+    less = np.asarray(results["rows"][0]["per_example"])
+    for row in results["rows"]:
+        assert row["vs_first"] == pytest.approx(float(np.mean(np.asarray(row["per_example"]) - less)))
     assert "| same-task indicator (oracle labels) |" in table and "| random |" in table
     assert "python -m bench.attribution --size smoke" in table
