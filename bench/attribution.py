@@ -176,23 +176,23 @@ def build_pool(sizes: MixedPool, seed: int) -> tuple[list[PoolEntry], dict[str, 
         raise RuntimeError("cannot draw a new distinct question; the pool is too large for the generator")
 
     validation = {
-        t: [fresh(lambda: tasks.make_item(t, rng)) for _ in range(sizes.validation_per_task)] for t in tasks.TASKS
+        t: [fresh(lambda t=t: tasks.make_item(t, rng)) for _ in range(sizes.validation_per_task)] for t in tasks.TASKS
     }
     pool: list[PoolEntry] = []
     for task in tasks.TASKS:
-        on = [fresh(lambda: tasks.make_item(task, rng)) for _ in range(counts["on-target"])]
+        on = [fresh(lambda task=task: tasks.make_item(task, rng)) for _ in range(counts["on-target"])]
         pool += [PoolEntry(item, "on-target", item.answer) for item in on]
         for _ in range(counts["off-target"]):
-            item = fresh(lambda: off_target(task, rng))
+            item = fresh(lambda task=task: off_target(task, rng))
             pool.append(PoolEntry(item, "off-target", item.answer))
         for _ in range(counts["wrong"]):
-            item = fresh(lambda: tasks.make_item(task, rng))
+            item = fresh(lambda task=task: tasks.make_item(task, rng))
             other = [o.answer for o in on if o.answer != item.answer] or [flipped_answer(item)]
             pool.append(PoolEntry(replace(item, answer=rng.choice(other)), "wrong", item.answer))
         for _ in range(counts["flipped"]):
-            item = fresh(lambda: tasks.make_item(task, rng))
+            item = fresh(lambda task=task: tasks.make_item(task, rng))
             while flipped_answer(item) == item.answer:  # e.g. count "aab" of a: 2 a's, 1 other
-                item = fresh(lambda: tasks.make_item(task, rng))
+                item = fresh(lambda task=task: tasks.make_item(task, rng))
             pool.append(PoolEntry(replace(item, answer=flipped_answer(item)), "flipped", item.answer))
         for item in (rng.choice(on) for _ in range(counts["duplicate"])):
             pool.append(PoolEntry(item, "duplicate", item.answer))
@@ -358,25 +358,20 @@ def selection_resource(size: Size, base_dir: Path, inputs: dict[str, Any], pool_
 
 
 def _context(resource, storage: Path):
-    from selection.jobs.context import JobArgs, StageContext
+    from selection.contract import JobArgs, StorageLocation
+    from selection.jobs.context import StageContext
 
-    return StageContext(JobArgs(resource=resource, storage_uri=str(storage)))
+    return StageContext(JobArgs(resource=resource, storage=StorageLocation(str(storage))))
 
 
 def gradient_scores(resource, storage: Path) -> np.ndarray:
     """dsel's committed attribution matrix A (N x M) of a gradient-feature run."""
-    from selection import artifacts
+    from selection.jobs import score
 
     ctx = _context(resource, storage)
     try:
-        shards = ctx.spec.gradients.shards
-        parts = []
-        for shard in range(shards):
-            prefix = artifacts.scores_prefix(shard, shards)
-            if not ctx.artifacts.is_done(prefix, ctx.scores_fingerprint):
-                raise RuntimeError(f"{prefix}: scores missing after run_selection")
-            parts.append(np.asarray(ctx.artifacts.load_array(prefix, artifacts.SCORES_FILE), dtype=np.float64))
-        return np.concatenate(parts)
+        matrix, _ = score.gather(ctx)  # refuses missing or stale shards
+        return np.asarray(matrix, dtype=np.float64)
     finally:
         ctx.close()
 
@@ -398,11 +393,12 @@ def bias_corrected_scores(resource, storage: Path) -> tuple[np.ndarray, np.ndarr
 
     dsel has no spec option for this feature on every example yet, so it is assembled from dsel's
     pieces on the warmup of `resource` (already run in `storage`): the checkpoints and validation
-    features it committed, `BiasCorrectedAdamPreconditioner` folded into the spec's projector,
+    features it committed, `BiasCorrectedAdamPreconditioner` as the engine's preconditioner,
     the batched engine (`compute_features`) and `attribution_rows` with LESS's checkpoint weights.
     """
     from selection import artifacts, warmup
-    from selection.distill.landmarks import BiasCorrectedAdamPreconditioner
+    from selection.artifacts import VALIDATION_FEATURES, WARMUP_CHECKPOINT
+    from selection.gradients.preconditioners import BiasCorrectedAdamPreconditioner
     from selection.gradients.features import compute_features, default_extractor, lora_dim
     from selection.gradients.projection import make_projector
     from selection.influence import attribution_rows, checkpoint_weights
@@ -417,16 +413,16 @@ def bias_corrected_scores(resource, storage: Path) -> tuple[np.ndarray, np.ndarr
         examples = ctx.tokenize(tokenizer, ctx.train_examples)
         per_checkpoint, rates = [], []
         for epoch in ctx.epochs:
-            checkpoint = warmup.load_checkpoint(store.fetch(artifacts.checkpoint_prefix(epoch)))
+            checkpoint = warmup.load_checkpoint(WARMUP_CHECKPOINT.fetch(store, epoch=epoch))
             warmup.apply_adapter(model, checkpoint)
             scaling = BiasCorrectedAdamPreconditioner.from_checkpoint(checkpoint, w.beta1, w.beta2, w.eps)
             train = compute_features(
-                model, examples, extractor=default_extractor(), projector=scaling.fold_into(projector),
-                precondition=None, batch_size=g.batch_size, pad_token_id=tokenizer.pad_token_id,
+                model, examples, extractor=default_extractor(), projector=projector,
+                precondition=scaling, batch_size=g.batch_size, pad_token_id=tokenizer.pad_token_id,
             )
-            validation = store.load_array(artifacts.validation_features_prefix(epoch), artifacts.FEATURES_FILE)
+            validation = VALIDATION_FEATURES.load_array(store, artifacts.FEATURES_FILE, epoch=epoch)
             per_checkpoint.append(attribution_rows([train], [validation], [1.0]).astype(np.float64))
-            rates.append(store.metadata(artifacts.checkpoint_prefix(epoch))["mean_lr"])
+            rates.append(WARMUP_CHECKPOINT.metadata(store, epoch=epoch).mean_lr)
         weights = checkpoint_weights(rates)
         return sum(wc * scores for wc, scores in zip(weights, per_checkpoint)), per_checkpoint[-1]
     finally:
