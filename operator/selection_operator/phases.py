@@ -23,7 +23,7 @@ from typing import Any
 from selection import artifacts
 from selection import spec as spec_module
 
-from selection_operator import manifests, status as conditions
+from selection_operator import admission, manifests, status as conditions
 from selection_operator.settings import OperatorSettings
 
 PENDING = "Pending"
@@ -265,7 +265,7 @@ class _Draft:
         except spec_module.SpecError as error:
             self._fail("InvalidSpec", f"invalid spec: {_problems_text(error.problems)}", "invalid spec")
             raise  # unreachable
-        problems = manifests.cluster_problems(live)
+        problems = admission.admission_problems(live, storage.uri, self.obs.settings)
         if problems:
             self._fail("InvalidSpec", f"invalid spec: {_problems_text(problems)}", "invalid spec")
         self.resource, self.storage = live, storage
