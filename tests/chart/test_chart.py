@@ -55,7 +55,10 @@ WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 SETTINGS_ENV = {
     "DSEL_WORKER_IMAGE", "DSEL_DEFAULT_STORAGE_URI", "DSEL_S3_ENDPOINT", "DSEL_S3_REGION",
     "DSEL_S3_CREDENTIALS_SECRET", "DSEL_METRICS_PORT", "DSEL_LOG_LEVEL",
-    "DSEL_WORKER_SERVICE_ACCOUNT", "DSEL_JOB_TTL_SECONDS",
+    "DSEL_WORKER_SERVICE_ACCOUNT", "DSEL_JOB_TTL_SECONDS", "DSEL_WORKER_IMAGE_PULL_SECRETS",
+    "DSEL_WORKER_DEFAULT_MEMORY", "DSEL_CONFINE_STORAGE", "DSEL_ALLOWED_STORAGE_PREFIXES",
+    "DSEL_ALLOWED_S3_ENDPOINTS", "DSEL_ALLOWED_IMAGES", "DSEL_ALLOWED_TOLERATION_KEYS",
+    "DSEL_ALLOWED_NODE_SELECTOR_KEYS", "DSEL_MAX_SHARDS",
 }
 OPERATOR_SETTINGS_MODULE = REPO_ROOT / "operator" / "selection_operator" / "settings.py"
 NAMESPACED_KINDS = {"Deployment", "Service", "ServiceAccount", "Role", "RoleBinding",
@@ -140,6 +143,12 @@ def test_values_pass_the_schema(chart: helm_python.Chart, values: dict[str, Any]
          "at '/securityContext/readOnlyRootFilesystem': got string, want boolean"),
         ({"replicas": 1}, "additional properties 'replicas' not allowed"),
         ({"worker": {"imageTag": "x"}}, "additional properties 'imageTag' not allowed"),
+        ({"worker": {"defaultMemory": "4 GB"}}, "at '/worker/defaultMemory'"),
+        ({"worker": {"imagePullSecrets": ["regcred"]}}, "at '/worker/imagePullSecrets/0'"),
+        ({"storage": {"allowedPrefixes": ["/mnt/data"]}}, "at '/storage/allowedPrefixes/0'"),
+        ({"s3": {"allowedEndpoints": ["minio:9000"]}}, "at '/s3/allowedEndpoints/0'"),
+        ({"policy": {"maxShards": 0}}, "at '/policy/maxShards'"),
+        ({"policy": {"allowedImages": "ghcr.io/acme/"}}, "at '/policy/allowedImages'"),
     ],
     ids=lambda v: repr(v)[:40],
 )
@@ -460,6 +469,15 @@ def test_every_setting_reaches_the_operator(chart: helm_python.Chart) -> None:
     assert variables["DSEL_LOG_LEVEL"] == "DEBUG"
     assert variables["DSEL_METRICS_PORT"] == "9100"
     assert variables["HTTPS_PROXY"] == "http://proxy:3128"
+    assert variables["DSEL_WORKER_IMAGE_PULL_SECRETS"] == "regcred,mirror"
+    assert variables["DSEL_WORKER_DEFAULT_MEMORY"] == "8Gi"
+    assert variables["DSEL_CONFINE_STORAGE"] == "true"
+    assert variables["DSEL_ALLOWED_STORAGE_PREFIXES"] == "s3://shared/{namespace},ml=s3://ml-artifacts"
+    assert variables["DSEL_ALLOWED_S3_ENDPOINTS"] == "https://s3.internal"
+    assert variables["DSEL_ALLOWED_IMAGES"] == "ghcr.io/acme/"
+    assert variables["DSEL_ALLOWED_TOLERATION_KEYS"] == "nvidia.com/gpu"
+    assert variables["DSEL_ALLOWED_NODE_SELECTOR_KEYS"] == "nvidia.com/gpu.product"
+    assert variables["DSEL_MAX_SHARDS"] == "32"
     assert env(objects)["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "minio-creds"
     assert set(name for name in variables if name.startswith("DSEL_")) == SETTINGS_ENV
     pod = deployment(objects)["spec"]["template"]["spec"]
@@ -557,3 +575,29 @@ def test_notes_tell_how_to_run_and_watch_the_demo(
     assert f"kubectl get dsel -n {namespace} -w" in notes
     assert (REPO_ROOT / "examples" / "demo" / "dataselection.yaml").is_file()
     assert ".status.selection" in notes
+
+
+def test_worker_pull_secrets_reach_the_job_pods(chart: helm_python.Chart) -> None:
+    """values -> the operator's env -> its settings -> the pod template of every Job."""
+    from selection import spec as spec_module
+    from selection_operator import manifests as job_manifests
+    from selection_operator.settings import OperatorSettings
+
+    values = {"worker": {"imagePullSecrets": [{"name": "regcred"}]}}
+    plain = {name: item["value"] for name, item in env(manifests(chart, values)).items() if "value" in item}
+    settings = OperatorSettings.from_env(plain)
+    resource = spec_module.parse_selection({
+        "apiVersion": "dsel.dev/v1alpha1", "kind": "DataSelection", "metadata": {"name": "d", "namespace": "n"},
+        "spec": {"model": {"source": "m"}, "data": {"train": "s3://b/t", "validation": [{"uri": "s3://b/v"}]},
+                 "selection": {"budget": 1}, "storage": {"uri": "s3://b/a"}}})
+    storage = job_manifests.resolve_storage(resource, settings)
+    for stage in job_manifests.STAGES:
+        job = job_manifests.build_job(stage, resource, storage, settings)
+        assert job["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+        limits = job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert limits["memory"] == "4Gi"  # the chart's worker.defaultMemory
+
+
+def test_storage_confinement_needs_a_default_root(chart: helm_python.Chart) -> None:
+    with pytest.raises(Exception, match="storage.confineToNamespace needs storage.defaultUri"):
+        render(chart, {"storage": {"confineToNamespace": True}})
