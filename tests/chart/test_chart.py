@@ -131,7 +131,7 @@ def test_values_pass_the_schema(chart: helm_python.Chart, values: dict[str, Any]
     ("values", "expected"),
     [
         ({"replicaCount": "two"}, "at '/replicaCount': got string, want integer"),
-        ({"replicaCount": 2}, "at '/replicaCount': maximum: got 2, want 1"),
+        ({"replicaCount": 11}, "at '/replicaCount': maximum: got 11, want 10"),
         ({"watchNamespaces": "team-a"}, "at '/watchNamespaces': got string, want array"),
         ({"watchNamespaces": ["Team_A"]}, "at '/watchNamespaces/0'"),
         ({"metrics": {"enabled": "yes"}}, "at '/metrics/enabled': got string, want boolean"),
@@ -601,3 +601,56 @@ def test_worker_pull_secrets_reach_the_job_pods(chart: helm_python.Chart) -> Non
 def test_storage_confinement_needs_a_default_root(chart: helm_python.Chart) -> None:
     with pytest.raises(Exception, match="storage.confineToNamespace needs storage.defaultUri"):
         render(chart, {"storage": {"confineToNamespace": True}})
+
+
+HA = {"replicaCount": 3}
+
+
+def test_replicas_elect_a_leader_through_a_lease(chart: helm_python.Chart) -> None:
+    from selection_operator import leader
+
+    objects = manifests(chart, HA)
+    spec = deployment(objects)["spec"]
+    assert spec["replicas"] == 3 and spec["strategy"]["type"] == "RollingUpdate"
+    operator = container(objects)
+    assert operator["command"] == ["python", "-m", "selection_operator.leader"]
+    args = operator["args"]
+    separator = args.index("--")
+    assert args[separator + 1:separator + 5] == ["kopf", "run", "-m", "selection_operator"]
+    assert "--standalone" in args[separator:]  # kopf itself: no peering, the Lease decides
+    # The supervisor answers the probes on the health port (followers are healthy too); kopf's
+    # own endpoint moves to the next port, on loopback, and the supervisor checks it.
+    ports = {p["name"]: p["containerPort"] for p in operator["ports"]}
+    kopf_health = f"http://127.0.0.1:{ports['health'] + 1}/healthz"
+    assert f"--health-port={ports['health']}" in args and f"--child-health={kopf_health}" in args
+    assert f"--liveness={kopf_health}" in args
+    assert env(objects)["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    # What the supervisor's own parser makes of the rendered arguments.
+    identity = [a for a in args if a.startswith("--identity=")]
+    assert identity == ["--identity=$(POD_NAME)"]  # expanded by the kubelet from the env above
+    # RBAC: exactly the Lease, in the release namespace.
+    service_account = one(objects, "ServiceAccount")["metadata"]["name"]
+    roles = [r for r in bound_roles(objects, service_account) if r["kind"] == "Role"]
+    (role,) = roles
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert grants(role) == {("coordination.k8s.io", "leases", v) for v in ("create", "get", "update")}
+    lease_rule = next(rule for rule in role["rules"] if "get" in rule["verbs"])
+    assert lease_rule["resourceNames"] == [deployment(objects)["metadata"]["name"]]
+    assert f"--lease={lease_rule['resourceNames'][0]}" in args
+    for obj in objects:
+        if obj["kind"] != "ServiceMonitor":
+            for version in KUBE_VERSIONS:
+                kubernetes_validate.validate(obj, version, strict=True)
+    report = helm_python.lint(CHART_DIR, HA, strict=True, namespace=NAMESPACE, kube_version=f"v{MIN_KUBE}.0")
+    assert not [m for m in report["messages"] if m["severity"] >= 2] and not report["errors"], report
+
+
+def test_a_single_replica_runs_kopf_directly_without_lease_rights(chart: helm_python.Chart) -> None:
+    objects = manifests(chart, {})
+    assert container(objects)["command"] == ["kopf", "run", "-m", "selection_operator"]
+    assert not [r for r in by_kind(objects, "Role")]
+
+
+def test_unsafe_lease_timing_is_refused(chart: helm_python.Chart) -> None:
+    with pytest.raises(Exception, match="must be less than leaseDurationSeconds"):
+        render(chart, {**HA, "leaderElection": {"leaseDurationSeconds": 10, "renewDeadlineSeconds": 8}})
