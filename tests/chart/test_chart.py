@@ -170,6 +170,15 @@ def test_wrong_values_are_rejected_with_a_clear_message(
     ["metrics.enabled=true", "metrics.serviceMonitor.enabled=true"],
     ["s3.credentialsSecret=", "worker.jobTTLSecondsAfterFinished=null"],  # shell: ="" -> =
     ["rbac.crdReadAccess=false", "rbac.aggregateToDefaultRoles=false"],
+    ["worker.imagePullSecrets[0].name=regcred"],
+    ["replicaCount=2"],
+    ["worker.defaultMemory=16Gi"],
+    ["storage.defaultUri=s3://my-bucket/dsel", "storage.confineToNamespace=true"],
+    # Two --set flags filling one list, as Helm merges them into one value tree.
+    ["storage.allowedPrefixes[0]=s3://shared/tenants/{namespace},storage.allowedPrefixes[1]=ml=s3://ml-artifacts",
+     "s3.allowedEndpoints={https://s3.internal}"],
+    ["policy.allowedImages={ghcr.io/acme/}", "policy.allowedTolerationKeys={nvidia.com/gpu}",
+     "policy.allowedNodeSelectorKeys={nvidia.com/gpu.product}", "policy.maxShards=64"],
 ])
 def test_documented_set_flags_are_accepted(chart: helm_python.Chart, flags: list[str]) -> None:
     """The `--set` examples in docs/kubernetes.md and values.yaml, parsed as Helm's CLI does."""
