@@ -89,13 +89,18 @@ def start(api, identity: str, log: Path, script: Path) -> tuple[threading.Event,
     return stopping, result, thread, candidate
 
 
-async def test_replicas_hand_over_without_overlap(api, tmp_path):
+async def two_candidates(api, tmp_path: Path):
+    """Candidate a leads (its command started), then candidate b joins the election."""
     log, script = tmp_path / "runs.log", tmp_path / "child.py"
     log.touch()
     script.write_text(CHILD)
-    stop_a, result_a, thread_a, _ = start(api, "a", log, script)
+    first = start(api, "a", log, script)
     await wait_for(lambda: "start a" in log.read_text())
-    stop_b, result_b, thread_b, _ = start(api, "b", log, script)
+    return log, first, start(api, "b", log, script)
+
+
+async def test_replicas_hand_over_without_overlap(api, tmp_path):
+    log, (stop_a, result_a, thread_a, _), (stop_b, result_b, thread_b, _) = await two_candidates(api, tmp_path)
     await asyncio.sleep(3 * FAST.lease_seconds)
     assert "start b" not in log.read_text()  # b waits while a renews
     stop_a.set()  # a's pod is deleted: it stops its operator and releases the lease
@@ -110,12 +115,7 @@ async def test_replicas_hand_over_without_overlap(api, tmp_path):
 
 
 async def test_a_leader_that_cannot_renew_stops_before_anyone_else_starts(api, tmp_path, monkeypatch):
-    log, script = tmp_path / "runs.log", tmp_path / "child.py"
-    log.touch()
-    script.write_text(CHILD)
-    stop_a, result_a, thread_a, a = start(api, "a", log, script)
-    await wait_for(lambda: "start a" in log.read_text())
-    stop_b, result_b, thread_b, _ = start(api, "b", log, script)
+    log, (stop_a, result_a, thread_a, a), (stop_b, result_b, thread_b, _) = await two_candidates(api, tmp_path)
     # a is cut off from the API server (a network partition): every call fails.
     partitioned = kubernetes.client.CoordinationV1Api(kubernetes.client.ApiClient(
         kubernetes.client.Configuration(host="http://127.0.0.1:9")))
