@@ -313,7 +313,7 @@ def build_job(
         ],
     }
     if settings.worker_image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [{"name": name} for name in settings.worker_image_pull_secrets]
+        pod_spec["imagePullSecrets"] = [{"name": secret} for secret in settings.worker_image_pull_secrets]
     if res.pod.affinity:
         pod_spec["affinity"] = dict(res.pod.affinity)
     if res.pod.priority_class_name:
