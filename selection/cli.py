@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-EXIT_BAD_INPUT = 2
+from selection.contract import EXIT_BAD_INPUT
 
 
 def _summary(document: dict[str, Any]) -> str:
@@ -34,16 +34,9 @@ def _summary(document: dict[str, Any]) -> str:
 
 def _write_output(path: str, document: dict[str, Any]) -> None:
     """Write atomically: a reader never sees a half-written selection."""
-    import os
-    import tempfile
+    from selection.files import write_text_atomically
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(document, stream, indent=2)
-        stream.write("\n")
-    os.replace(temporary, target)
+    write_text_atomically(path, json.dumps(document, indent=2) + "\n")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -71,9 +64,11 @@ def _validate(args: argparse.Namespace) -> int:
 
     resource = load_selection(args.spec)
     if args.check_data:
-        from selection.jobs.context import JobArgs, StageContext
+        from selection.contract import JobArgs, StorageLocation
+        from selection.jobs.context import StageContext
 
-        ctx = StageContext(JobArgs(resource, storage_uri="unused", base_dir=str(Path(args.spec).resolve().parent)))
+        base_dir = str(Path(args.spec).resolve().parent)
+        ctx = StageContext(JobArgs(resource, StorageLocation(uri="unused"), base_dir=base_dir))
         print(f"{args.spec}: {len(ctx.train_examples)} training examples, "
               f"{len(ctx.validation_examples)} validation examples")
     sel = resource.spec.selection

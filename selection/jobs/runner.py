@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from selection.jobs.context import JobArgs, StageContext, read_job_args
+from selection.contract import EXIT_BAD_INPUT, EXIT_RETRYABLE, JobArgs, JobArgumentError, read_job_args
+from selection.jobs.context import StageContext
 
-EXIT_BAD_INPUT = 2
-EXIT_RETRYABLE = 75  # EX_TEMPFAIL: a transient fault; the Job controller retries the pod
 # In-pod retries of a stage that hit a transient fault, and the first wait (doubled each time,
 # with jitter, capped): about two minutes in all before the pod gives up with EXIT_RETRYABLE.
 RETRY_ATTEMPTS_ENV, DEFAULT_RETRY_ATTEMPTS = "DSEL_RETRY_ATTEMPTS", 4
@@ -38,7 +37,6 @@ log = logging.getLogger("dsel.jobs")
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input or a refused rerun: reported in one line, exit code 2."""
     from selection import artifacts, data, spec, storage
-    from selection.jobs.context import JobArgumentError
     from selection.models import ModelLoadError
     from selection.reduce import ReductionError
 

@@ -588,6 +588,7 @@ def test_notes_tell_how_to_run_and_watch_the_demo(
 
 def test_worker_pull_secrets_reach_the_job_pods(chart: helm_python.Chart) -> None:
     """values -> the operator's env -> its settings -> the pod template of every Job."""
+    from selection import contract
     from selection import spec as spec_module
     from selection_operator import manifests as job_manifests
     from selection_operator.settings import OperatorSettings
@@ -600,7 +601,7 @@ def test_worker_pull_secrets_reach_the_job_pods(chart: helm_python.Chart) -> Non
         "spec": {"model": {"source": "m"}, "data": {"train": "s3://b/t", "validation": [{"uri": "s3://b/v"}]},
                  "selection": {"budget": 1}, "storage": {"uri": "s3://b/a"}}})
     storage = job_manifests.resolve_storage(resource, settings)
-    for stage in job_manifests.STAGES:
+    for stage in contract.STAGE_NAMES:
         job = job_manifests.build_job(stage, resource, storage, settings)
         assert job["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
         limits = job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]

@@ -9,12 +9,13 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from selection import contract
 from selection import spec as spec_module
 from selection_operator import admission, manifests, phases
 from selection_operator.settings import OperatorSettings
 
 SETTINGS = OperatorSettings(worker_image="registry.example.com/ml/worker:1", worker_default_memory="4Gi")
-STORAGE = manifests.StorageTarget("s3://b/art", None, None, "s3-creds")
+STORAGE = contract.StorageLocation("s3://b/art", None, None, "s3-creds")
 KUBE_VERSIONS = ["1.29", kubernetes_validate.utils.latest_version()]
 
 
@@ -64,7 +65,7 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     return container
 
 
-@pytest.mark.parametrize("stage", manifests.STAGES)
+@pytest.mark.parametrize("stage", contract.STAGE_NAMES)
 @pytest.mark.parametrize("version", KUBE_VERSIONS)
 def test_jobs_with_every_override_are_valid_kubernetes(stage, version):
     settings = OperatorSettings(worker_image="w:1", worker_image_pull_secrets=("regcred",))
@@ -74,7 +75,7 @@ def test_jobs_with_every_override_are_valid_kubernetes(stage, version):
 
 def test_worker_pods_get_the_pull_secrets():
     settings = OperatorSettings(worker_image="w:1", worker_image_pull_secrets=("regcred", "mirror"))
-    for stage in manifests.STAGES:
+    for stage in contract.STAGE_NAMES:
         job = manifests.build_job(stage, resource(), STORAGE, settings)
         assert pod(job)["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
 
@@ -105,7 +106,7 @@ def test_every_writable_path_is_a_sized_volume_on_a_read_only_root():
 
 
 def test_evictions_count_against_the_retries_instead_of_being_ignored_forever():
-    for stage in manifests.STAGES:
+    for stage in contract.STAGE_NAMES:
         rules = manifests.build_job(stage, resource(), STORAGE, SETTINGS)["spec"]["podFailurePolicy"]["rules"]
         for rule in rules:
             if any(c["type"] == "DisruptionTarget" for c in rule.get("onPodConditions", [])):
@@ -122,7 +123,7 @@ def test_memory_is_limited_and_defaults_to_the_operators_setting():
 def test_each_stage_gets_its_own_resources_and_the_reduction_no_gpus():
     parsed = resource(**FULL)
     by_stage = {stage: worker(manifests.build_job(stage, parsed, STORAGE, SETTINGS))["resources"]
-                for stage in manifests.STAGES}
+                for stage in contract.STAGE_NAMES}
     assert by_stage["warmup"]["limits"]["nvidia.com/gpu"] == "1"
     assert by_stage["extract"]["limits"]["nvidia.com/gpu"] == "2"
     assert "nvidia.com/gpu" not in by_stage["reduce"]["limits"]
@@ -265,3 +266,8 @@ def test_settings_read_the_confinement_and_policy_variables():
             OperatorSettings.from_env({"DSEL_DEFAULT_STORAGE_URI": "s3://b/t", name: value})
     with pytest.raises(SettingsError, match="DSEL_CONFINE_STORAGE"):
         OperatorSettings.from_env({"DSEL_CONFINE_STORAGE": "true"})
+
+
+def test_the_spec_has_resources_for_every_stage_of_the_table():
+    assert tuple(spec_module.StagesResourcesSpec.model_fields) == contract.STAGE_NAMES
+    assert [stage.name for stage in contract.STAGES if not stage.uses_gpus] == ["reduce"]

@@ -44,7 +44,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.kube_emulator import KubeEmulator
+from tests.support.kube_emulator import KubeEmulator
 
 __all__ = ["LocalJobRunner", "PodRun", "index_ranges"]
 
