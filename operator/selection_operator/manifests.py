@@ -35,12 +35,11 @@ SCRATCH_DIR = "/tmp"
 # The only writable paths of a worker (its root filesystem is read-only): pod overrides may not
 # mount over them.
 RESERVED_MOUNT_PATHS = (ARGS_DIR, CACHE_DIR, SCRATCH_DIR)
-# Kubernetes' own label on every pod of a Job: how the operator finds a Job's pods.
-LABEL_JOB_NAME = "batch.kubernetes.io/job-name"
 # Room for logs and the container's writable layer on top of the two sized volumes.
 EPHEMERAL_STORAGE_HEADROOM = kube_values.quantity_value("1Gi")
 # Non-root uid/gid of the job pods: the worker image's own user (images/worker.Dockerfile), set
-# explicitly so `runAsNonRoot` holds; the pods only write to their emptyDir volumes and /home/dsel.
+# explicitly so `runAsNonRoot` holds; the root filesystem is read-only, the pods write only to
+# their sized emptyDir volumes (HOME and TMPDIR point into them).
 WORKER_UID = 65532
 # The ConfigMap annotation keeping the storage location's credentials Secret (not in args.json).
 CREDENTIALS_SECRET_ANNOTATION = "dsel.dev/credentials-secret"
