@@ -195,3 +195,54 @@ def test_exactly_one_budget_form(selection):
     document = copy.deepcopy(BASE)
     document["spec"]["selection"] = selection
     assert "exactly one of budget" in problems(document)["spec.selection"]
+
+
+# --- the CRD's CEL rules say what the spec model says ---------------------------------------------
+
+
+def cel_rules(node: dict[str, Any]) -> list[Any]:
+    """The node's x-kubernetes-validations, compiled by a CEL implementation (cel-python)."""
+    import celpy
+
+    environment = celpy.Environment()
+    return [(rule["rule"], environment.program(environment.compile(rule["rule"])))
+            for rule in node["x-kubernetes-validations"]]
+
+
+def cel_accepts(rules: list[Any], value: dict[str, Any]) -> bool:
+    import celpy
+
+    return all(bool(program.evaluate({"self": celpy.json_to_cel(value)})) for _, program in rules)
+
+
+TOLERATIONS = [
+    {"key": "gpu", "operator": "Exists", "effect": "NoSchedule"},
+    {"key": "gpu", "operator": "Exists", "value": "a100"},
+    {"key": "gpu", "operator": "Exists", "value": ""},
+    {"key": "gpu", "operator": "Equal", "value": "a100"},
+    {"key": "gpu", "value": "a100", "effect": "NoSchedule"},
+    {"key": "spot", "operator": "Equal", "value": "true", "effect": "NoExecute", "tolerationSeconds": 30},
+    {"key": "spot", "operator": "Equal", "value": "true", "effect": "NoSchedule", "tolerationSeconds": 30},
+    {"key": "spot", "tolerationSeconds": 30},
+    {"operator": "Exists"},
+    {"operator": "Equal", "value": "x"},
+    {"value": "x"},
+]
+
+
+@pytest.mark.parametrize("toleration", TOLERATIONS, ids=[json.dumps(t) for t in TOLERATIONS])
+def test_toleration_cel_rules_agree_with_the_spec_model(toleration):
+    rules = cel_rules(schema_at("resources", "tolerations", "[]"))
+    try:
+        spec.parse_selection(with_resources(tolerations=[toleration]))
+        model_accepts = True
+    except spec.SpecError:
+        model_accepts = False
+    assert cel_accepts(rules, toleration) == model_accepts
+
+
+@pytest.mark.parametrize(("selection", "valid"), [
+    ({"budget": 10}, True), ({"fraction": 0.5}, True), ({}, False), ({"budget": 10, "fraction": 0.5}, False),
+])
+def test_budget_cel_rule_agrees_with_the_spec_model(selection, valid):
+    assert cel_accepts(cel_rules(schema_at("selection")), selection) == valid
