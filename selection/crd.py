@@ -88,6 +88,15 @@ def _resolve(node: Any, definitions: dict[str, Any]) -> Any:
     node = {k: v for k, v in node.items() if k not in ("title", "$defs")}
     if node.get("additionalProperties") is False:
         del node["additionalProperties"]  # Kubernetes prunes unknown fields itself; false is rejected
+    if "patternProperties" in node:
+        # Map keys checked by a pattern (label keys): structural schemas have no key patterns,
+        # so the CRD checks the values and the spec model (run by the operator) the keys.
+        (values,) = node.pop("patternProperties").values()
+        node.pop("propertyNames", None)
+        node["additionalProperties"] = values
+    if node.get("additionalProperties") is True:
+        del node["additionalProperties"]  # free-form object: kept as written, never pruned
+        node["x-kubernetes-preserve-unknown-fields"] = True
     if "anyOf" in node:
         options = node.pop("anyOf")
         nullable = any(o.get("type") == "null" for o in options)
@@ -102,6 +111,10 @@ def _resolve(node: Any, definitions: dict[str, Any]) -> Any:
         node = {**chosen, **node}
         if nullable:
             node["nullable"] = True
+            if "enum" in node and None not in node["enum"]:
+                # The API server checks the enum even for null: without it, an explicit
+                # `operator: null` (what many generators write) is refused.
+                node["enum"] = [*node["enum"], None]
         if node.get("default", "absent") is None:
             del node["default"]
     for bound, limit in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):

@@ -161,7 +161,7 @@ async def apply(ctx: Context, resource: Mapping[str, Any], plan: phases.Plan, lo
     owner = kopf.Body(cast(kopf.RawBody, dict(resource)))  # a raw object from the API: kopf's view of it
     if plan.create_config_map and plan.resource is not None and plan.storage is not None:
         config_map = manifests.build_config_map(plan.resource, plan.storage)
-        kopf.adopt(config_map, owner=owner)
+        manifests.adopt(config_map, owner)
         if not await ctx.cluster.create(config_map):
             existing = await ctx.cluster.get("v1", "ConfigMap", namespace, config_map["metadata"]["name"])
             if existing is not None and not owned_by(existing, meta.get("uid")):
@@ -174,7 +174,7 @@ async def apply(ctx: Context, resource: Mapping[str, Any], plan: phases.Plan, lo
         if plan.resource is None or plan.storage is None:
             break
         job = manifests.build_job(stage, plan.resource, plan.storage, ctx.settings)
-        kopf.adopt(job, owner=owner)
+        manifests.adopt(job, owner)
         if await ctx.cluster.create(job):
             logger.info("created Job %s", job["metadata"]["name"])
     old = resource.get("status") or {}

@@ -405,3 +405,12 @@ def test_operator_extra_resolves_without_torch(tmp_path: Path) -> None:
         key = name.lower().replace("_", "-")
         if key in installs:
             assert installs[key] == version, f"{name}: resolved {installs[key]}, pinned {version}"
+
+
+def test_leader_election_entrypoint_runs_without_torch() -> None:
+    """`python -m selection_operator.leader` (replicaCount > 1) in the operator image's environment."""
+    result = _python(_blocking(WORKER_ONLY) +
+                     "import runpy, sys\nsys.argv = ['leader', '--help']\n"
+                     "runpy.run_module('selection_operator.leader', run_name='__main__')")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--identity" in result.stdout

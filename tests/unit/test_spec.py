@@ -80,10 +80,13 @@ def test_every_problem_is_reported_at_once():
 
 def test_budget_keeps_count_and_fraction_apart():
     document = demo_document()
+    del document["spec"]["selection"]["fraction"]
     document["spec"]["selection"]["budget"] = 30
     assert spec.parse_selection(document).spec.selection.budget == 30
     assert isinstance(spec.parse_selection(document).spec.selection.budget, int)
-    document["spec"]["selection"]["budget"] = 1.0
+    del document["spec"]["selection"]["budget"]
+    document["spec"]["selection"]["fraction"] = 1  # what the API server returns for 1.0
+    assert spec.parse_selection(document).spec.selection.budget == 1.0
     assert isinstance(spec.parse_selection(document).spec.selection.budget, float)
 
 
