@@ -48,6 +48,7 @@ class Item:
     task: str
     question: str
     answer: str
+    kind: str = "on-target"  # transfer pools (transfer.py): on-target, off-target, wrong, flipped
 
     @property
     def narrative(self) -> str:
@@ -153,7 +154,7 @@ class Datasets:
     test: dict[str, list[Item]]
 
 
-def _unique(task: str, rng: random.Random, count: int, seen: set[str]) -> list[Item]:
+def unique_items(task: str, rng: random.Random, count: int, seen: set[str]) -> list[Item]:
     """`count` items of `task` whose keys are not in `seen` (which is updated)."""
     items: list[Item] = []
     attempts = 0
@@ -173,7 +174,7 @@ def test_sets(sizes: PoolSizes, seed: int = 10_000) -> dict[str, list[Item]]:
     """Held-out sets: fixed across benchmark seeds, so seeds differ only in what is trained."""
     rng = random.Random(seed)
     seen: set[str] = set()
-    return {task: _unique(task, rng, sizes.test_per_task, seen) for task in TASKS}
+    return {task: unique_items(task, rng, sizes.test_per_task, seen) for task in TASKS}
 
 
 def build_datasets(sizes: PoolSizes, seed: int) -> Datasets:
@@ -188,11 +189,11 @@ def build_datasets(sizes: PoolSizes, seed: int) -> Datasets:
     distractors = int(round(sizes.pool * sizes.distractor_share))
     per_task = (sizes.pool - distractors) // len(TASKS)
     distractors = sizes.pool - per_task * len(TASKS)
-    validation = {task: _unique(task, rng, sizes.validation_per_task, seen) for task in TASKS}
+    validation = {task: unique_items(task, rng, sizes.validation_per_task, seen) for task in TASKS}
     pool: list[Item] = []
     for task in TASKS:
-        pool += _unique(task, rng, per_task, seen)
-    pool += _unique(DISTRACTOR, rng, distractors, seen)
+        pool += unique_items(task, rng, per_task, seen)
+    pool += unique_items(DISTRACTOR, rng, distractors, seen)
     rng.shuffle(pool)
     return Datasets(pool=pool, validation=validation, test=test)
 

@@ -71,7 +71,7 @@ def ensure_validation_features(
 def run(ctx: StageContext, shard: int, progress: Callable[[int], None] | None = None) -> None:
     """Features of shard `shard` for every checkpoint; finished (checkpoint, shard) pairs are skipped."""
     from selection import warmup
-    from selection.gradients.features import AdamPreconditioner, compute_features, default_extractor
+    from selection.gradients.features import compute_features, default_extractor, training_transform
 
     g = ctx.spec.gradients
     store, fingerprint = ctx.artifacts, ctx.train_fingerprint
@@ -90,12 +90,9 @@ def run(ctx: StageContext, shard: int, progress: Callable[[int], None] | None = 
     for epoch in todo:
         checkpoint = _checkpoint(ctx, epoch)
         warmup.apply_adapter(model, checkpoint)
-        precondition = None
-        if g.train_type == "adam":
-            w = ctx.spec.warmup
-            precondition = AdamPreconditioner.from_checkpoint(checkpoint, w.beta1, w.beta2)
+        precondition, transformed = training_transform(g.train_type, checkpoint, ctx.spec.warmup, projector)
         features = compute_features(
-            model, examples, extractor=default_extractor(), projector=projector, precondition=precondition,
+            model, examples, extractor=default_extractor(), projector=transformed, precondition=precondition,
             batch_size=g.batch_size, pad_token_id=tokenizer.pad_token_id, progress=progress,
         )
         store.save_arrays(

@@ -65,7 +65,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     budget = resolve_budget(sel.budget, len(pool))
     result = reduce_matrix(
         matrix, tasks, method=sel.method, budget=budget, granularity=sel.granularity,
-        normalize=sel.normalize, iterative=sel.iterative, seed=sel.seed,
+        normalize=sel.normalize, iterative=sel.iterative, seed=sel.seed, candidates=sel.candidates,
     )
     document = result.to_json_dict()
     document.update(

@@ -14,7 +14,10 @@ METHODS = ("bids", "less", "quota", "random")
 # oracle naive_round_robin) reduces any N x M matrix too. It is kept out of METHODS, the
 # reductions whose oracles live in selection.reduce.naive and that tests iterate over.
 ROUND_ROBIN = "influence-distillation"
-ALL_METHODS = METHODS + (ROUND_ROBIN,)  # what reduce_matrix and `dsel reduce` accept
+# dsel's own within-task rule (selection.reduce.quota_sample): per-task quotas filled by a seeded
+# draw among each task's top candidates. Seeded, so it has no naive oracle either.
+QUOTA_SAMPLE = "quota-sample"
+ALL_METHODS = METHODS + (ROUND_ROBIN, QUOTA_SAMPLE)  # what reduce_matrix and `dsel reduce` accept
 GRANULARITIES = ("instance", "task")
 
 
