@@ -63,13 +63,32 @@ class Method:
         return self.selection["method"] in accepted and self.gradients.get("trainType", "adam") in train_types
 
 
+LESS_FEATURES = {"trainType": "adam"}  # the papers' methods keep LESS's Adam-aware features
+
+# BIDS first: its first call in a seed pays warmup + every feature (the selection cost shown).
 METHODS: list[Method] = [
+    Method("bids", {"method": "bids"}, "BIDS, instance granularity, normalized, iterative", LESS_FEATURES),
+    Method("less", {"method": "less"}, "LESS task-max (ALGORITHMS.md §5)", LESS_FEATURES),
+    Method("quota", {"method": "quota"}, "B/K per task by mean normalized influence", LESS_FEATURES),
     Method("random", {"method": "random"}, "uniform, seeded with the benchmark seed"),
-    Method("less", {"method": "less"}, "LESS task-max (ALGORITHMS.md §5)"),
-    Method("quota", {"method": "quota"}, "B/K per task by mean normalized influence"),
-    Method("bids", {"method": "bids"}, "BIDS, instance granularity, normalized, iterative"),
     Method("influence-distillation", {"method": "influence-distillation"}, "Nikdan et al. 2025"),
+    Method("quota-sample", {"method": "quota-sample"}, "dsel: per-task quotas, seeded draw among top candidates"),
+    Method("bids/adam-diagonal", {"method": "bids"}, "BIDS on Influence Distillation's bias-corrected, momentum-free "
+           "Adam features", {"trainType": "adam-diagonal"}),
 ]
+
+
+def default_method() -> tuple[str, str]:
+    """(label, description) of the entry that runs as `dsel run` does by default: the spec's
+    default method with the spec's default features (the entry pins no trainType)."""
+    from selection.spec import GradientsSpec, SelectionSpec
+
+    method = SelectionSpec.model_fields["method"].default
+    train_type = GradientsSpec.model_fields["train_type"].default
+    for m in METHODS:
+        if m.selection["method"] == method and len(m.selection) == 1 and "trainType" not in m.gradients:
+            return m.label, f"selection.method {method}, gradients.trainType {train_type}"
+    return method, f"selection.method {method}"
 FULL_POOL = "full"
 CORE_METHODS = ("random", "less", "quota", "bids")  # a failure of these stops the benchmark
 
@@ -126,7 +145,9 @@ class Size:
         return asdict(self)
 
 
-def _dsel_sections(warmup_fraction: float, warmup_epochs: int, projection_dim: int, batch_size: int) -> dict[str, Any]:
+def _dsel_sections(
+    warmup_fraction: float, warmup_epochs: int, projection_dim: int, batch_size: int, landmarks: int = 300
+) -> dict[str, Any]:
     """dsel's LESS warmup and feature defaults, scaled down to this model (ALGORITHMS.md §2-3)."""
     return {
         "warmup": {
@@ -138,6 +159,8 @@ def _dsel_sections(warmup_fraction: float, warmup_epochs: int, projection_dim: i
             "lora": {"r": 8, "alpha": 32},  # LESS: r=128, alpha=512 (same alpha/r = 4)
         },
         "gradients": {"projectionDim": projection_dim, "batchSize": batch_size},
+        # Influence Distillation: landmarks ~10% of the pool (its paper: 4096 of a far larger pool)
+        "distillation": {"landmarks": landmarks, "embedDim": projection_dim},
         "maxLength": 128,
     }
 
@@ -155,14 +178,14 @@ def size_preset(name: str, scenario: str = "transfer") -> Size:
         model = pretrain.PretrainConfig(steps=2000, test_sizes=FULL_TEST_SIZES)
         if scenario == "in-domain":
             return Size("full", scenario, 3, (0.05, 0.10, 0.15), FULL_TEST_SIZES, model,
-                        finetune.FinetuneRecipe(), _dsel_sections(0.05, 2, 2048, 16))
+                        finetune.FinetuneRecipe(), _dsel_sections(0.05, 2, 2048, 16, 300))
         data = replace(FULL_TEST_SIZES, pool=TRANSFER_POOL)
         return Size("full", scenario, 5, (0.05, 0.10, 0.15), data, model, finetune.FinetuneRecipe(),
-                    _dsel_sections(0.05, 2, 2048, 16), mix, TRANSFER_CONTROLS)
+                    _dsel_sections(0.05, 2, 2048, 16, 100), mix, TRANSFER_CONTROLS)
     if name == "quick":
         model = pretrain.PretrainConfig(steps=800, test_sizes=QUICK_TEST_SIZES)
         return Size("quick", scenario, 1, (0.15,), QUICK_TEST_SIZES, model, finetune.FinetuneRecipe(),
-                    _dsel_sections(0.05, 2, 1024, 16), mix, TRANSFER_CONTROLS if mix else (STRATIFIED,))
+                    _dsel_sections(0.05, 2, 1024, 16, 100), mix, TRANSFER_CONTROLS if mix else (STRATIFIED,))
     if name == "smoke":  # the CI test: every code path, tiny everything
         data = tasks.PoolSizes(pool=80 if mix is None else 120, validation_per_task=2, test_per_task=4)
         return Size(
@@ -172,12 +195,12 @@ def size_preset(name: str, scenario: str = "transfer") -> Size:
                 num_key_value_heads=1, steps=3, batch_size=4, sequence_length=32, test_sizes=data,
             ),
             replace(finetune.FinetuneRecipe(), epochs=1, lora_r=4),
-            _dsel_sections(0.25, 1, 64, 8), mix, TRANSFER_CONTROLS if mix else (STRATIFIED,),
+            _dsel_sections(0.25, 1, 64, 8, 16), mix, TRANSFER_CONTROLS if mix else (STRATIFIED,),
         )
     raise ValueError(f"unknown size {name!r}")
 
 
-TRANSFER_POOL = 1500  # sized so 5 seeds of every method and control fit ~75 min here (README)
+TRANSFER_POOL = 1000  # sized so 5 seeds of every method and control fit ~75 min here (README)
 TRANSFER_CONTROLS = (STRATIFIED, f"{WITHIN_TASK}@bids")
 
 
@@ -197,6 +220,8 @@ def _sections(size: Size, method: Method) -> dict[str, Any]:
     return {
         "warmup": {**base["warmup"], **method.warmup, "lora": lora},
         "gradients": {**base["gradients"], **method.gradients},
+        # its own artifacts, so its first call pays its whole pipeline (the cost beside BIDS's)
+        "distilled": method.selection["method"] == "influence-distillation",
     }
 
 
@@ -223,6 +248,7 @@ def selection_resource(size: Size, seed: int, base_dir: Path, inputs: dict[str, 
             },
             "warmup": {**sections["warmup"], "seed": seed},
             "gradients": {**sections["gradients"], "seed": seed},
+            "distillation": {**size.selection["distillation"], "seed": seed},
             "selection": {**method.selection, "budget": float(budget), "seed": seed},
         },
     }
@@ -308,6 +334,8 @@ def run_seed(
         log(f"  seed {seed} {label:>8} {where:>9} (n={len(indices)}): macro {entry['macro']:.3f}  {shown}  "
             f"wrong {entry['quality']['wrong_share']:.2f} [ft {entry['seconds_finetune']:.0f}s, eval {entry['seconds_eval']:.0f}s]")
 
+    if size.train_full_pool:  # first: it defines the learned tasks, and a cut-short run keeps it
+        train_and_score(FULL_POOL, None, every, {"seconds_select": 0.0})
     for budget in size.budgets:
         chosen: dict[str, list[int]] = {}
         for method in methods:
@@ -340,8 +368,6 @@ def run_seed(
                     continue
                 indices = within_task_indices(data.pool, composition_by_task(data.pool, chosen[of]), rng)
             train_and_score(control, budget, indices, {"seconds_select": 0.0, "control": True})
-    if size.train_full_pool:
-        train_and_score(FULL_POOL, None, every, {"seconds_select": 0.0})
     return {"composition": composition_by_task(data.pool, every), "quality": subset_quality(data.pool, every)}
 
 
@@ -460,6 +486,7 @@ def _run(args, name: str, size: Size, out: Path, cache: Path, methods: list[Meth
     records: list[dict[str, Any]] = []
     failed: dict[str, str] = {}  # method label -> first error, for methods dsel could not run
     pools: dict[str, Any] = {}  # seed -> the pool's own composition and quality
+    default_label, default_note = default_method()
     results_file = out / "results.json"
 
     def save(final: bool) -> None:
@@ -472,6 +499,8 @@ def _run(args, name: str, size: Size, out: Path, cache: Path, methods: list[Meth
             "failed_methods": failed,
             "base_model": {"dir": base_dir.name, "accuracy": base_scores},
             "pools": pools,
+            "default_method": default_label,
+            "default_note": default_note,
             "timings_seconds": timings,
             "finished": final,
             "records": records,
