@@ -119,8 +119,10 @@ def composition_plot(groups, keys, path: Path) -> Path:
 
 def make_plots(groups, keys, budgets, labels, out: Path, learned, pool_wrong) -> list[Path]:
     out = Path(out)
-    return [
+    made = [
         accuracy_plot(groups, budgets, labels, learned, out / "accuracy.png"),
         composition_plot(groups, keys, out / "composition.png"),
-        quality_plot(groups, keys, pool_wrong, out / "quality.png"),
     ]
+    if all("quality" in r for runs in groups.values() for r in runs):
+        made.append(quality_plot(groups, keys, pool_wrong, out / "quality.png"))
+    return made

@@ -18,6 +18,7 @@ import statistics
 import sys
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Iterable
 
 if __package__ in (None, ""):
@@ -66,7 +67,7 @@ def value(record: dict[str, Any], column: str, learned: list[str]) -> float:
     if column == "loss":
         return statistics.fmean(record["loss"].values()) if record.get("loss") else float("nan")
     if column in QUALITY_KEYS:
-        return record["quality"][column]
+        return record.get("quality", {}).get(column, float("nan"))
     return acc[column]
 
 
@@ -286,21 +287,68 @@ def lds_lines(path: Path = ATTRIBUTION_RESULTS) -> list[str]:
 # --- the whole report ------------------------------------------------------------------------
 
 
-def write_report(results_file: Path, out: Path, plots: bool = True) -> list[Path]:
-    document = json.loads(Path(results_file).read_text())
+def _context(document: dict[str, Any]) -> SimpleNamespace:
+    """What every section needs: groups of records, budgets, labels, learned tasks, the default."""
     records = document["records"]
     size = document["size"]
-    scenario = size.get("scenario", "in-domain")
-    budgets = [float(b) for b in size["budgets"]]
     groups = groups_of(records)
+    budgets = sorted(float(b) for b in size["budgets"])
     labels = labels_in_order(document, groups)
-    keys = ordered_keys(groups, labels, budgets)
     rates = majority_rates(size)
-    learned = learned_tasks(groups, rates)
-    n_seeds = len({r["seed"] for r in records})
-    default = document.get("default_method", "bids")
     pools = document.get("pools", {})
-    pool_wrong = statistics.fmean(p["quality"]["wrong_share"] for p in pools.values()) if pools else None
+    return SimpleNamespace(
+        records=records, size=size, scenario=size.get("scenario", "in-domain"), groups=groups, budgets=budgets,
+        labels=labels, keys=ordered_keys(groups, labels, budgets), rates=rates, learned=learned_tasks(groups, rates),
+        default=document.get("default_method", "bids"), pools=pools,
+        pool_wrong=statistics.fmean(p["quality"]["wrong_share"] for p in pools.values()) if pools else None,
+    )
+
+
+def summary_lines(document: dict[str, Any]) -> list[str]:
+    """The verdict, the paired differences and the macro tables (also the index's summary)."""
+    c = _context(document)
+    groups, budgets, labels, learned, default = c.groups, c.budgets, c.labels, c.learned, c.default
+    scenario, pool_wrong = c.scenario, c.pool_wrong
+    lines: list[str] = []
+    lines += ["", "## Verdict", ""]
+    lines += plain_verdict(groups, default, ["random", "stratified", f"within-task@{default}", "bids"], budgets, learned)
+    if default != "bids":
+        lines += plain_verdict(groups, "bids", ["random", "stratified", "less", "within-task@bids"], budgets, learned)
+    lines += plain_verdict(groups, "influence-distillation", ["random", "bids"], budgets, learned)
+    if scenario == "transfer":
+        lines += ["", "### The issue's goal (default method vs random and stratified random)", ""]
+        lines += acceptance_lines(groups, default, budgets, pool_wrong, learned)
+    lines += [
+        "",
+        "### Paired differences",
+        "",
+        "Mean over seeds of (row method − compared method) with a 95% t-interval over seeds; 'higher'/'lower' "
+        "count the seeds. Test loss: teacher-forced loss on the test answers, mean over tasks (lower is better).",
+        "",
+    ]
+    others: list[Key | str] = ["random", "stratified", f"within-task@{default}", "bids", "less", "quota",
+                               "influence-distillation", (FULL, None)]
+    lines += comparison_rows(groups, default, others, budgets, learned)
+    if default != "bids":
+        lines += ["", *comparison_rows(groups, "bids", ["random", "stratified", "within-task@bids", "less", (FULL, None)],
+                                       budgets, learned)]
+
+    lines += ["", "## Macro accuracy (%), mean ± 95% half-interval over seeds", ""]
+    lines += level_table(groups, labels, budgets, "macro", learned, f"All {len(tasks.TASKS)} tasks.")
+    lines += ["", "Over the learned tasks only:", ""]
+    lines += level_table(groups, labels, budgets, "macro_learned", learned, f"Learned tasks: {', '.join(learned)}.")
+    lines += ["", "Worst learned task:", ""]
+    lines += level_table(groups, labels, budgets, "worst_learned", learned, "")
+    return lines
+
+
+def write_report(results_file: Path, out: Path, plots: bool = True) -> list[Path]:
+    document = json.loads(Path(results_file).read_text())
+    c = _context(document)
+    records, size, scenario, budgets, groups = c.records, c.size, c.scenario, c.budgets, c.groups
+    labels, keys, rates, learned, default = c.labels, c.keys, c.rates, c.learned, c.default
+    pools, pool_wrong = c.pools, c.pool_wrong
+    n_seeds = len({r["seed"] for r in records})
     written: list[Path] = []
 
     lines = [
@@ -334,35 +382,7 @@ def write_report(results_file: Path, out: Path, plots: bool = True) -> list[Path
     if document.get("skipped_methods"):
         lines.append(f"- Skipped (not available in this dsel): {', '.join(document['skipped_methods'])}.")
 
-    lines += ["", "## Verdict", ""]
-    lines += plain_verdict(groups, default, ["random", "stratified", f"within-task@{default}", "bids"], budgets, learned)
-    if default != "bids":
-        lines += plain_verdict(groups, "bids", ["random", "stratified", "less", "within-task@bids"], budgets, learned)
-    lines += plain_verdict(groups, "influence-distillation", ["random", "bids"], budgets, learned)
-    if scenario == "transfer":
-        lines += ["", "### The issue's goal (default method vs random and stratified random)", ""]
-        lines += acceptance_lines(groups, default, budgets, pool_wrong, learned)
-    lines += [
-        "",
-        "### Paired differences",
-        "",
-        "Mean over seeds of (row method − compared method) with a 95% t-interval over seeds; 'higher'/'lower' "
-        "count the seeds. Test loss: teacher-forced loss on the test answers, mean over tasks (lower is better).",
-        "",
-    ]
-    others: list[Key | str] = ["random", "stratified", f"within-task@{default}", "bids", "less", "quota",
-                               "influence-distillation", (FULL, None)]
-    lines += comparison_rows(groups, default, others, budgets, learned)
-    if default != "bids":
-        lines += ["", *comparison_rows(groups, "bids", ["random", "stratified", "within-task@bids", "less", (FULL, None)],
-                                       budgets, learned)]
-
-    lines += ["", "## Macro accuracy (%), mean ± 95% half-interval over seeds", ""]
-    lines += level_table(groups, labels, budgets, "macro", learned, f"All {len(tasks.TASKS)} tasks.")
-    lines += ["", "Over the learned tasks only:", ""]
-    lines += level_table(groups, labels, budgets, "macro_learned", learned, f"Learned tasks: {', '.join(learned)}.")
-    lines += ["", "Worst learned task:", ""]
-    lines += level_table(groups, labels, budgets, "worst_learned", learned, "")
+    lines += summary_lines(document)
 
     columns = [*tasks.TASKS, "macro", "worst", "macro_learned", "worst_learned"]
     lines += ["", "## Accuracy per task (%), mean ± std over seeds", ""]
@@ -380,11 +400,13 @@ def write_report(results_file: Path, out: Path, plots: bool = True) -> list[Path
         lines += ["", "## Teacher-forced test loss per task (nats per answer token), mean ± std over seeds", ""]
         lines += per_task_table(groups, keys, [*tasks.TASKS, "mean"], learned, loss=True)
 
-    lines += ["", "## What the subsets are made of (%)", "",
+    has_quality = all("quality" in r for r in records)
+    lines += ["", "## What the subsets are made of (%)", ""] + ([] if has_quality else [
+        "_These records predate the subset make-up measurements (only the task composition is known)._"]) + ["",
               "Wrong answers: the answer is not the task's rule (wrong and rule-flipped items, and their copies); "
               "off-target: operands of other sizes; duplicates: items already in the subset; answer diversity: "
               "distinct answers per selected example of a task, averaged over tasks (the pool row: the whole pool).", ""]
-    lines += quality_table(groups, keys, pools)
+    lines += quality_table(groups, keys, pools) if has_quality else []
     kinds = (*tasks.TASKS, tasks.DISTRACTOR)
     lines += ["", "Examples per true task (mean over seeds):", "", "| subset | " + " | ".join(kinds) + " |",
               "|---|" + "---:|" * len(kinds)]
@@ -427,6 +449,31 @@ def write_report(results_file: Path, out: Path, plots: bool = True) -> list[Path
     return [report, *written]
 
 
+def write_index(root: Path) -> Path:
+    """results/REPORT.md: each scenario's verdict and macro tables, the LDS table, and links."""
+    lines = [
+        "# dsel selection quality: summary of both scenarios",
+        "",
+        "Regenerated by `python -m bench.quality.report --index` from the scenario reports' raw records. "
+        "Details, per-task tables, test loss, subset make-up, plots and timings: the scenario folders. "
+        "What the benchmark is and why: `bench/quality/README.md`.",
+    ]
+    for scenario in ("transfer", "in-domain"):
+        results = Path(root) / scenario / "results.json"
+        if not results.is_file():
+            lines += ["", f"## Scenario `{scenario}`", "", "_No results committed._"]
+            continue
+        document = json.loads(results.read_text())
+        n_seeds = len({r["seed"] for r in document["records"]})
+        lines += ["", f"## Scenario `{scenario}` ({n_seeds} seeds; [full report]({scenario}/REPORT.md))", "",
+                  f"Command: `{document['command']}`" + ("" if document.get("finished") else " — **partial results**.")]
+        lines += [line.replace("## ", "### ", 1) if line.startswith("## ") else line for line in summary_lines(document)]
+    lines += ["", "## Attribution quality (LDS, bench/attribution)", ""] + lds_lines() + [""]
+    target = Path(root) / "REPORT.md"
+    target.write_text("\n".join(lines))
+    return target
+
+
 def merge(files: Iterable[Path], target: Path) -> Path:
     """One results.json from runs of the same size split over seeds (`run.py --seed-ids`)."""
     documents = [json.loads(Path(f).read_text()) for f in files]
@@ -447,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", action="store_true", help="merge the given results.json files into --out/results.json first")
     parser.add_argument("--out", type=Path, help="report directory (default: beside the results file)")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--index", action="store_true", help="also rewrite results/REPORT.md from both scenarios")
     args = parser.parse_args(argv)
     source = args.results[0]
     out = args.out or source.parent
@@ -454,6 +502,8 @@ def main(argv: list[str] | None = None) -> int:
         source = merge(args.results, out / "results.json")
     for path in write_report(source, out, plots=not args.no_plots):
         print(path)
+    if args.index:
+        print(write_index(Path(__file__).resolve().parent / "results"))
     return 0
 
 

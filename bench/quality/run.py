@@ -184,8 +184,8 @@ def size_preset(name: str, scenario: str = "transfer") -> Size:
                     _dsel_sections(0.05, 2, 2048, 16, 100), mix, TRANSFER_CONTROLS)
     if name == "quick":
         model = pretrain.PretrainConfig(steps=800, test_sizes=QUICK_TEST_SIZES)
-        return Size("quick", scenario, 1, (0.15,), QUICK_TEST_SIZES, model, finetune.FinetuneRecipe(),
-                    _dsel_sections(0.05, 2, 1024, 16, 100), mix, TRANSFER_CONTROLS if mix else (STRATIFIED,))
+        return Size("quick", scenario, 1, (0.15,), replace(QUICK_TEST_SIZES, pool=600), model, finetune.FinetuneRecipe(),
+                    _dsel_sections(0.10, 2, 1024, 16, 60), mix, (STRATIFIED,))
     if name == "smoke":  # the CI test: every code path, tiny everything
         data = tasks.PoolSizes(pool=80 if mix is None else 120, validation_per_task=2, test_per_task=4)
         return Size(
@@ -415,6 +415,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, help="number of seeds (default: 3 full, 1 quick)")
     parser.add_argument("--budgets", type=float, nargs="+", help="fractions of the pool (default: 0.05 0.10 0.15)")
     parser.add_argument("--methods", nargs="+", help="labels from the method list (default: all dsel supports)")
+    parser.add_argument("--controls", nargs="*", help="controls to run (default: the size's: stratified, "
+                        "within-task@bids; none with an empty list)")
+    parser.add_argument("--no-full-pool", action="store_true", help="skip the full-pool fine-tune (e.g. a second "
+                        "pass over the same seeds with more methods, merged with the first)")
     parser.add_argument("--out", type=Path, help="report directory (default: bench/quality/results; "
                         "--quick: bench/quality/results/cache/quick, so it never overwrites the committed report)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="base models and per-seed work (default: %(default)s)")
@@ -430,6 +434,10 @@ def main(argv: list[str] | None = None) -> int:
         size = replace(size, seeds=args.seeds)
     if args.budgets:
         size = replace(size, budgets=tuple(args.budgets))
+    if args.controls is not None:
+        size = replace(size, controls=tuple(args.controls))
+    if args.no_full_pool:
+        size = replace(size, train_full_pool=False)
     out = (args.out or (DEFAULT_RESULTS / args.scenario if name == "full" else args.cache / name / args.scenario)).resolve()
     cache = args.cache.resolve()
     out.mkdir(parents=True, exist_ok=True)

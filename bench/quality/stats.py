@@ -45,6 +45,7 @@ class Interval:
 
 
 def interval(values: list[float]) -> Interval:
+    values = [v for v in values if not math.isnan(v)]  # a measurement the records lack
     n = len(values)
     if n == 0:
         return Interval(float("nan"), float("nan"), 0)
