@@ -154,20 +154,28 @@ class Datasets:
     test: dict[str, list[Item]]
 
 
-def unique_items(task: str, rng: random.Random, count: int, seen: set[str]) -> list[Item]:
-    """`count` items of `task` whose keys are not in `seen` (which is updated)."""
+def draw_distinct(
+    make: Callable[[random.Random], Item], rng: random.Random, count: int, seen: set[str],
+    key: Callable[[Item], str] = lambda item: item.key,
+) -> list[Item]:
+    """`count` items from `make` whose `key` is not in `seen` (which is updated)."""
     items: list[Item] = []
     attempts = 0
     while len(items) < count:
         attempts += 1
         if attempts > 200 * count + 1000:
-            raise RuntimeError(f"cannot draw {count} distinct '{task}' questions")
-        item = make_item(task, rng)
-        if item.key in seen:
+            raise RuntimeError(f"cannot draw {count} distinct items")
+        item = make(rng)
+        if key(item) in seen:
             continue
-        seen.add(item.key)
+        seen.add(key(item))
         items.append(item)
     return items
+
+
+def unique_items(task: str, rng: random.Random, count: int, seen: set[str]) -> list[Item]:
+    """`count` items of `task` whose keys are not in `seen` (which is updated)."""
+    return draw_distinct(lambda r: make_item(task, r), rng, count, seen)
 
 
 def test_sets(sizes: PoolSizes, seed: int = 10_000) -> dict[str, list[Item]]:

@@ -207,18 +207,7 @@ OFF_TARGET: dict[str, Callable[[random.Random], Item]] = {
 
 def _draw(make: Callable[[random.Random], Item], rng: random.Random, count: int, questions: set[str]) -> list[Item]:
     """`count` items from `make` whose questions are not in `questions` (which is updated)."""
-    items: list[Item] = []
-    attempts = 0
-    while len(items) < count:
-        attempts += 1
-        if attempts > 200 * count + 1000:
-            raise RuntimeError(f"cannot draw {count} distinct questions")
-        item = make(rng)
-        if item.question in questions:
-            continue
-        questions.add(item.question)
-        items.append(item)
-    return items
+    return tasks.draw_distinct(make, rng, count, questions, key=lambda item: item.question)
 
 
 def task_pool(task: str, slots: int, mix: TransferMix, rng: random.Random, questions: set[str]) -> list[Item]:

@@ -28,7 +28,7 @@ import numpy as np
 
 from selection.reduce import normalize
 from selection.reduce.normalize import ColumnStats, TaskGroups
-from selection.reduce.simple import task_mean_zscores
+from selection.reduce.simple import take_round_robin, task_mean_zscores
 
 
 def quota_sample_order(
@@ -48,18 +48,4 @@ def quota_sample_order(
         ranking = normalize.top_order(row, min(n, head + budget))  # enough to refill after collisions
         lists.append(np.concatenate([ranking[:head][rng.permutation(head)], ranking[head:]]))
     del means
-    taken = np.zeros(n, dtype=bool)
-    cursor = [0] * tasks
-    order: list[int] = []
-    while len(order) < budget:
-        for k, ranking in enumerate(lists):
-            if len(order) == budget:
-                break
-            p = cursor[k]
-            while taken[ranking[p]]:
-                p += 1
-            pick = int(ranking[p])
-            cursor[k] = p + 1
-            taken[pick] = True
-            order.append(pick)
-    return order
+    return take_round_robin(lists, n, budget)

@@ -43,6 +43,13 @@ def quota_order(matrix: np.ndarray, stats: ColumnStats, groups: TaskGroups, budg
     # Fewer than B examples are taken before any turn, so a task's pick is within its top B.
     rankings = [normalize.top_order(row, budget) for row in means]
     del means
+    return take_round_robin(rankings, n, budget)
+
+
+def take_round_robin(rankings: Sequence[np.ndarray], n: int, budget: int) -> list[int]:
+    """Round robin over the lists in order: each turn a list gives its next example not yet
+    taken, until B are taken. Each list must hold enough examples that it never runs out
+    (its top B suffice: fewer than B are taken before any turn)."""
     taken = np.zeros(n, dtype=bool)
     cursor = [0] * len(rankings)
     order: list[int] = []
