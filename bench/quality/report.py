@@ -19,7 +19,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterable
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -370,6 +370,9 @@ def write_report(results_file: Path, out: Path, plots: bool = True) -> list[Path
         + ", ".join(f"{t} {100 * rates[t]:.0f}%" for t in tasks.TASKS) + ".",
         f"- Finished: {'yes' if document.get('finished') else 'NO (partial results)'}.",
     ]
+    if "--scenario" not in document["command"] and "scenario" not in size:
+        lines.append("- These records predate the scenario switch, the controls and the test loss (the run committed "
+                     "before issue 11); today the same run is `python -m bench.quality.run --scenario in-domain`.")
     if scenario == "transfer" and pools:
         mix = size.get("mix") or {}
         lines.append(
@@ -436,7 +439,13 @@ def write_report(results_file: Path, out: Path, plots: bool = True) -> list[Path
     stages = {k: sum(r.get(f"seconds_{k}", 0.0) for r in records) for k in ("select", "finetune", "eval")}
     lines += [
         "", "## Reproduce", "", "```", "cd <repo root>", ".venv/bin/pip install matplotlib   # plots only",
-        f".venv/bin/{document['command']}", "```", "",
+        *(f".venv/bin/{c}" for c in document.get("commands", [document["command"]])),
+        *([f".venv/bin/python -m bench.quality.report --merge <the parts' results.json> --out <dir>"]
+          if document.get("commands") else []),
+        "```", "",
+        *([f"One command reproduces the whole report too (`python -m bench.quality.run --scenario {scenario}`, "
+           "sequentially); this run was split over processes by seed to share the loaded cores.", ""]
+          if document.get("commands") else []),
         "Wall-clock seconds (2 shared CPU cores; other jobs ran concurrently): "
         + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
         + f"; summed over runs: selection {stages['select']:.0f}, fine-tuning {stages['finetune']:.0f}, "
@@ -474,10 +483,21 @@ def write_index(root: Path) -> Path:
     return target
 
 
-def merge(files: Iterable[Path], target: Path) -> Path:
+def merge(files: list[Path], target: Path) -> Path:
     """One results.json from runs of the same size split over seeds (`run.py --seed-ids`)."""
     documents = [json.loads(Path(f).read_text()) for f in files]
     merged = dict(documents[0])
+    methods: dict[str, Any] = {}
+    for d in documents:
+        for m in d["methods"]:
+            methods.setdefault(m["label"], m)
+    order = [m["label"] for m in json.loads(Path(files[0]).read_text())["methods"]]
+    merged["methods"] = sorted(methods.values(), key=lambda m: (m["label"] not in order, m["label"] != "bids"))
+    controls = [c for d in documents for c in d["size"].get("controls", ())]
+    merged["size"] = {**merged["size"], "controls": list(dict.fromkeys(controls)),
+                      "seeds": len({r["seed"] for d in documents for r in d["records"]})}
+    merged["commands"] = [d["command"] for d in documents]
+    merged["command"] = "python -m bench.quality.run  (split over processes; see `commands`)"
     merged["records"] = [r for d in documents for r in d["records"]]
     merged["pools"] = {k: v for d in documents for k, v in d.get("pools", {}).items()}
     merged["finished"] = all(d.get("finished") for d in documents)
