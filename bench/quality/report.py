@@ -263,7 +263,11 @@ def cost_lines(records: list[dict[str, Any]], labels: list[str]) -> list[str]:
 
 
 def lds_lines(path: Path = ATTRIBUTION_RESULTS) -> list[str]:
-    """The LDS table of bench/attribution.py (another worktree's results), when it exists."""
+    """The LDS table of bench/attribution.py (its TABLE.md, else its results.json), when it exists."""
+    table = path.with_name("TABLE.md")
+    if table.is_file():
+        body = [line for line in table.read_text().splitlines() if not line.startswith("# ")]
+        return [f"From `{table}` (bench/attribution.py, item 3 of issue 11), as it was when this report was written:", ""] + body
     if not path.is_file():
         return [f"_bench/attribution results not found at `{path}` when this report was written._"]
     try:
