@@ -230,3 +230,30 @@ def test_feature_variants_and_candidates_key_their_artifacts():
     assert len(trains) == len(TRAIN_TYPES)
     sampled = [fingerprints({}, {"method": "quota-sample", "candidates": c}) for c in (2.0, 3.0)]
     assert sampled[0].train == sampled[1].train and sampled[0].selection != sampled[1].selection
+
+
+def test_dsel_reduce_runs_quota_sample_and_refuses_bad_candidates(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    matrix, tasks = _blocks()
+    np.save(tmp_path / "A.npy", matrix)
+    (tmp_path / "tasks.txt").write_text("\n".join(tasks) + "\n")
+
+    def dsel_reduce(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "selection.reduce.cli", "--matrix", "A.npy", "--tasks", "tasks.txt",
+             "--budget", "10", "--method", "quota-sample", *extra],
+            capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        )
+
+    run = dsel_reduce("--candidates", "2", "--seed", "3")
+    assert run.returncode == 0, run.stderr
+    document = json.loads(run.stdout)
+    assert document["parameters"] == {"method": "quota-sample", "candidates": 2.0, "seed": 3}
+    assert document["indices"] == reduce_matrix(
+        matrix, tasks, method="quota-sample", budget=10, candidates=2.0, seed=3
+    ).indices
+    refused = dsel_reduce("--candidates", "0.5")
+    assert refused.returncode == 2 and "--candidates 0.5 must be a finite number >= 1" in refused.stderr
