@@ -284,7 +284,10 @@ class SelectionSpec(_Section):
             "paper's) gives every task an equal quota and fills it by a seeded uniform draw "
             "among the task's top `candidates` x quota examples by mean normalized influence: "
             "influence filters out harmful and off-target data, the draw keeps the subset "
-            "diverse (top-k of one score collapses onto near-copies of the validation examples)."
+            "diverse (top-k of one score collapses onto near-copies of the validation examples). "
+            "The default stays the BIDS paper's method: on bench/quality's transfer benchmark no "
+            "method, dsel's own options included, beat random selection measurably "
+            "(bench/quality/README.md)."
         ),
     )
     influence: Literal["gradient", "distilled"] = Field(

@@ -137,7 +137,8 @@ def comparison_rows(groups, subject: str, others: list[Key | str], budgets, lear
     return lines
 
 
-def acceptance_lines(groups, default: str, budgets, pool_wrong: float | None, learned) -> list[str]:
+def acceptance_lines(groups, default: str, budgets, pool_wrong: float | None, learned,
+                     pool_task_wrong: float | None = None) -> list[str]:
     """The issue's goal, checked: beats random and stratified at every budget in >= 4 of 5 seeds,
     the 95% interval above zero at 10% and 15%, and fewer wrong answers than the pool."""
     lines: list[str] = []
@@ -162,8 +163,12 @@ def acceptance_lines(groups, default: str, budgets, pool_wrong: float | None, le
                 share = statistics.fmean(r["quality"]["wrong_share"] for r in runs)
                 ok = share < pool_wrong
                 verdicts.append(ok)
+                among = statistics.fmean(r["quality"]["wrong_share"] / max(1e-9, 1 - r["quality"]["distractor_share"])
+                                         for r in runs)
                 lines.append(f"- {'PASS' if ok else 'FAIL'}: wrong-answer share of {default} at {budget:.0%}: "
-                             f"{100 * share:.1f}% vs the pool's {100 * pool_wrong:.1f}%")
+                             f"{100 * share:.1f}% vs the pool's {100 * pool_wrong:.1f}%"
+                             + (f" (among task examples, chatter left out: {100 * among:.1f}% vs the pool's "
+                                f"{100 * pool_task_wrong:.1f}%)" if pool_task_wrong is not None else ""))
     head = "**Goal met.**" if verdicts and all(verdicts) else "**Goal not met.**"
     return [head, ""] + lines
 
@@ -253,6 +258,7 @@ def cost_lines(records: list[dict[str, Any]], labels: list[str]) -> list[str]:
     notes = {
         "bids": "warmup + gradient features of every example + validation features + reduction",
         "influence-distillation": "its own warmup + JVP embeddings of every example + landmark gradients + KRR + round robin",
+        "random": "dsel runs the warmup and features for every method; random has its own artifact group here",
     }
     for label in labels:
         if label in first:
@@ -305,6 +311,8 @@ def _context(document: dict[str, Any]) -> SimpleNamespace:
         labels=labels, keys=ordered_keys(groups, labels, budgets), rates=rates, learned=learned_tasks(groups, rates),
         default=document.get("default_method", "bids"), pools=pools,
         pool_wrong=statistics.fmean(p["quality"]["wrong_share"] for p in pools.values()) if pools else None,
+        pool_task_wrong=statistics.fmean(p["quality"]["wrong_share"] / (1 - p["quality"]["distractor_share"])
+                                         for p in pools.values()) if pools else None,
     )
 
 
@@ -321,7 +329,7 @@ def summary_lines(document: dict[str, Any]) -> list[str]:
     lines += plain_verdict(groups, "influence-distillation", ["random", "bids"], budgets, learned)
     if scenario == "transfer":
         lines += ["", "### The issue's goal (default method vs random and stratified random)", ""]
-        lines += acceptance_lines(groups, default, budgets, pool_wrong, learned)
+        lines += acceptance_lines(groups, default, budgets, pool_wrong, learned, c.pool_task_wrong)
     lines += [
         "",
         "### Paired differences",
