@@ -28,6 +28,7 @@ from bench.quality import tasks  # noqa: E402
 from bench.quality.stats import interval, paired  # noqa: E402
 
 FULL = "full"
+DSEL_OPTIONS = ("quota-sample", "bids/adam-diagonal")  # dsel's own options (not the papers' methods)
 LEARNED_MARGIN = 0.10
 ATTRIBUTION_RESULTS = Path("/work/wt/attribution/bench/attribution_results/results.json")
 QUALITY_COLUMNS = (
@@ -327,9 +328,15 @@ def summary_lines(document: dict[str, Any]) -> list[str]:
     if default != "bids":
         lines += plain_verdict(groups, "bids", ["random", "stratified", "less", "within-task@bids"], budgets, learned)
     lines += plain_verdict(groups, "influence-distillation", ["random", "bids"], budgets, learned)
+    options = [m for m in DSEL_OPTIONS if m != default and any((m, b) in groups for b in budgets)]
+    for option in options:
+        lines += plain_verdict(groups, option, ["random", "stratified", "bids"], budgets, learned)
     if scenario == "transfer":
         lines += ["", "### The issue's goal (default method vs random and stratified random)", ""]
         lines += acceptance_lines(groups, default, budgets, pool_wrong, learned, c.pool_task_wrong)
+        for option in options:
+            lines += ["", f"The same test for dsel's option `{option}` (not the default):", ""]
+            lines += acceptance_lines(groups, option, budgets, pool_wrong, learned, c.pool_task_wrong)
     lines += [
         "",
         "### Paired differences",
@@ -343,6 +350,9 @@ def summary_lines(document: dict[str, Any]) -> list[str]:
     lines += comparison_rows(groups, default, others, budgets, learned)
     if default != "bids":
         lines += ["", *comparison_rows(groups, "bids", ["random", "stratified", "within-task@bids", "less", (FULL, None)],
+                                       budgets, learned)]
+    for option in options:
+        lines += ["", *comparison_rows(groups, option, ["random", "stratified", "bids", "quota", (FULL, None)],
                                        budgets, learned)]
 
     lines += ["", "## Macro accuracy (%), mean ± 95% half-interval over seeds", ""]
@@ -511,6 +521,10 @@ def merge(files: list[Path], target: Path) -> Path:
     merged["commands"] = [d["command"] for d in documents]
     merged["command"] = "python -m bench.quality.run  (split over processes; see `commands`)"
     merged["records"] = [r for d in documents for r in d["records"]]
+    from bench.quality.run import default_method  # the default of the dsel this report is written with
+
+    merged["default_method"], note = default_method()
+    merged["default_note"] = note + ", dsel's default when the parts were merged"
     merged["pools"] = {k: v for d in documents for k, v in d.get("pools", {}).items()}
     merged["finished"] = all(d.get("finished") for d in documents)
     merged["timings_seconds"] = {f"part {i} {k}": v for i, d in enumerate(documents) for k, v in d.get("timings_seconds", {}).items()}
