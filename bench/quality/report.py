@@ -255,7 +255,8 @@ def cost_lines(records: list[dict[str, Any]], labels: list[str]) -> list[str]:
         if r.get("control") or r["method"] == FULL:
             continue
         first.setdefault(r["method"], {}).setdefault(r["seed"], r.get("seconds_select", 0.0))
-    lines = ["| method | first selection call per seed (s, mean ± std) | what it paid for |", "|---|---:|---|"]
+    lines = ["| method | first selection call per seed (s, mean ± std) | per seed (s) | what it paid for |",
+             "|---|---:|---|---|"]
     notes = {
         "bids": "warmup + gradient features of every example + validation features + reduction",
         "influence-distillation": "its own warmup + JVP embeddings of every example + landmark gradients + KRR + round robin",
@@ -264,8 +265,9 @@ def cost_lines(records: list[dict[str, Any]], labels: list[str]) -> list[str]:
     for label in labels:
         if label in first:
             values = list(first[label].values())
-            lines.append(f"| {label} | {_mean_sd(values, scale=1.0, digits=0)} | "
-                         f"{notes.get(label, 'reuses its artifact group (only the reduction when another method ran first)')} |")
+            per_seed = ", ".join(f"{first[label][seed]:.0f}" for seed in sorted(first[label]))
+            lines.append(f"| {label} | {_mean_sd(values, scale=1.0, digits=0)} | {per_seed} | "
+                         f"{notes.get(label, 'whatever its artifact group lacked: warmup + features when it ran first there')} |")
     return lines
 
 
@@ -443,7 +445,9 @@ def write_report(results_file: Path, out: Path, plots: bool = True) -> list[Path
 
     lines += ["", "## Selection cost", "",
               "Wall-clock seconds of each method's first selection call in a seed (2 shared, heavily loaded CPU "
-              "cores: compare within this run only). BIDS and Influence Distillation each start from nothing.", ""]
+              "cores; the load changed over the run, so compare calls made under similar load: in this run, BIDS "
+              "(all seeds) and Influence Distillation of seeds 0 and 1 ran at a load average of 15-20, ID's seeds "
+              "2-4 later at a lower one). BIDS and Influence Distillation each start from nothing.", ""]
     lines += cost_lines(records, labels)
     lines += ["", "## Attribution quality (LDS, bench/attribution)", ""] + lds_lines()
 
