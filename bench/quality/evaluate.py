@@ -87,3 +87,26 @@ def accuracy(
             correct += sum(tasks.exact_match(o, expected(i)) for o, i in zip(outputs, chunk))
         scores[task] = correct / len(items)
     return scores
+
+
+@torch.no_grad()
+def test_loss(model, tokenizer, test: dict[str, list[tasks.Item]], *, batch_size: int = 100) -> dict[str, float]:
+    """Teacher-forced loss per task: mean over test items of the mean cross-entropy of the
+    answer tokens (and EOS) given the chat prompt, exactly dsel's training loss on that item.
+
+    Exact match is coarse on some tasks (parity is ~50% or ~100%); the loss moves smoothly.
+    """
+    from bench.quality.finetune import tokenize
+    from selection.data import collate
+    from selection.loss import model_loss
+
+    model.eval()
+    losses: dict[str, float] = {}
+    for task, items in test.items():
+        examples = tokenize(tokenizer, items, max_length=256)
+        total = 0.0
+        for start in range(0, len(examples), batch_size):
+            batch = collate(examples[start : start + batch_size], tokenizer.pad_token_id)
+            total += float(model_loss(model, batch).sum())
+        losses[task] = total / len(items)
+    return losses

@@ -48,6 +48,7 @@ class Item:
     task: str
     question: str
     answer: str
+    kind: str = "on-target"  # transfer pools (transfer.py): on-target, off-target, wrong, flipped
 
     @property
     def narrative(self) -> str:
@@ -153,27 +154,35 @@ class Datasets:
     test: dict[str, list[Item]]
 
 
-def _unique(task: str, rng: random.Random, count: int, seen: set[str]) -> list[Item]:
-    """`count` items of `task` whose keys are not in `seen` (which is updated)."""
+def draw_distinct(
+    make: Callable[[random.Random], Item], rng: random.Random, count: int, seen: set[str],
+    key: Callable[[Item], str] = lambda item: item.key,
+) -> list[Item]:
+    """`count` items from `make` whose `key` is not in `seen` (which is updated)."""
     items: list[Item] = []
     attempts = 0
     while len(items) < count:
         attempts += 1
         if attempts > 200 * count + 1000:
-            raise RuntimeError(f"cannot draw {count} distinct '{task}' questions")
-        item = make_item(task, rng)
-        if item.key in seen:
+            raise RuntimeError(f"cannot draw {count} distinct items")
+        item = make(rng)
+        if key(item) in seen:
             continue
-        seen.add(item.key)
+        seen.add(key(item))
         items.append(item)
     return items
+
+
+def unique_items(task: str, rng: random.Random, count: int, seen: set[str]) -> list[Item]:
+    """`count` items of `task` whose keys are not in `seen` (which is updated)."""
+    return draw_distinct(lambda r: make_item(task, r), rng, count, seen)
 
 
 def test_sets(sizes: PoolSizes, seed: int = 10_000) -> dict[str, list[Item]]:
     """Held-out sets: fixed across benchmark seeds, so seeds differ only in what is trained."""
     rng = random.Random(seed)
     seen: set[str] = set()
-    return {task: _unique(task, rng, sizes.test_per_task, seen) for task in TASKS}
+    return {task: unique_items(task, rng, sizes.test_per_task, seen) for task in TASKS}
 
 
 def build_datasets(sizes: PoolSizes, seed: int) -> Datasets:
@@ -188,11 +197,11 @@ def build_datasets(sizes: PoolSizes, seed: int) -> Datasets:
     distractors = int(round(sizes.pool * sizes.distractor_share))
     per_task = (sizes.pool - distractors) // len(TASKS)
     distractors = sizes.pool - per_task * len(TASKS)
-    validation = {task: _unique(task, rng, sizes.validation_per_task, seen) for task in TASKS}
+    validation = {task: unique_items(task, rng, sizes.validation_per_task, seen) for task in TASKS}
     pool: list[Item] = []
     for task in TASKS:
-        pool += _unique(task, rng, per_task, seen)
-    pool += _unique(DISTRACTOR, rng, distractors, seen)
+        pool += unique_items(task, rng, per_task, seen)
+    pool += unique_items(DISTRACTOR, rng, distractors, seen)
     rng.shuffle(pool)
     return Datasets(pool=pool, validation=validation, test=test)
 

@@ -11,12 +11,15 @@ Any other callable still works: the engine then materializes the flattened gradi
   no bias correction and no learning rate: the update direction Adam would take next.
 - `BiasCorrectedAdamPreconditioner` (Influence Distillation, docs/algorithms.md §14.3):
   a * g with a = ((1-b1)/(1-b1^(t+1))) / (sqrt(v/(1-b2^(t+1))) + eps), a diagonal scaling.
+
+`TRAINING_PRECONDITIONERS` maps each `gradients.trainType` to the preconditioner its training
+features use (docs/algorithms.md §5, §18.1, §18.2); every one is a `SegmentPreconditioner` or None.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 
@@ -87,9 +90,15 @@ class AdamPreconditioner:
         return _AdamSegments(self, device)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Checkpoint, beta1: float, beta2: float) -> "AdamPreconditioner":
+    def from_checkpoint(
+        cls, checkpoint: Checkpoint, beta1: float, beta2: float, *, momentum: bool = True
+    ) -> "AdamPreconditioner":
+        """LESS's transform at a checkpoint; `momentum=False` drops the shared b1*m term (m = 0),
+        leaving (1-b1)*g / sqrt(b2*v + (1-b2)*g^2 + eps), the example's own part of the update
+        (trainType adam-no-momentum, docs/algorithms.md §18.1)."""
+        exp_avg = _flattened(checkpoint, checkpoint.exp_avg)
         return cls(
-            exp_avg=_flattened(checkpoint, checkpoint.exp_avg),
+            exp_avg=exp_avg if momentum else torch.zeros_like(exp_avg),
             exp_avg_sq=_flattened(checkpoint, checkpoint.exp_avg_sq),
             beta1=beta1,
             beta2=beta2,
@@ -193,3 +202,34 @@ class DiagonalScaledProjector:
 
     def project(self, vectors: torch.Tensor) -> torch.Tensor:
         return self.inner.project(vectors.float() * self._scale_on(vectors.device))
+
+
+# What builds a training-feature preconditioner from a checkpoint and the spec's warmup section.
+TrainingPreconditioner = Callable[[Checkpoint, Any], "SegmentPreconditioner | None"]
+
+TRAINING_PRECONDITIONERS: dict[str, TrainingPreconditioner] = {
+    # LESS exact (docs/algorithms.md §5)
+    "adam": lambda checkpoint, w: AdamPreconditioner.from_checkpoint(checkpoint, w.beta1, w.beta2),
+    # the plain gradient g (docs/algorithms.md §5)
+    "sgd": lambda checkpoint, w: None,
+    # LESS without the b1*m term shared by every example (docs/algorithms.md §18.1)
+    "adam-no-momentum": lambda checkpoint, w: AdamPreconditioner.from_checkpoint(
+        checkpoint, w.beta1, w.beta2, momentum=False
+    ),
+    # Influence Distillation's g-independent, bias-corrected scaling (docs/algorithms.md §18.2)
+    "adam-diagonal": lambda checkpoint, w: BiasCorrectedAdamPreconditioner.from_checkpoint(
+        checkpoint, w.beta1, w.beta2, w.eps
+    ),
+}
+TRAIN_TYPES: tuple[str, ...] = tuple(TRAINING_PRECONDITIONERS)  # the spec's gradients.trainType values
+
+
+def training_preconditioner(train_type: str, checkpoint: Checkpoint, warmup: Any) -> SegmentPreconditioner | None:
+    """The preconditioner of training features of `train_type` at `checkpoint` (None: plain g).
+
+    `warmup` is the spec's WarmupSpec (beta1, beta2, eps). Every result streams through the engine.
+    """
+    build = TRAINING_PRECONDITIONERS.get(train_type)
+    if build is None:
+        raise ValueError(f"gradients.trainType: unknown {train_type!r} (expected one of {', '.join(TRAIN_TYPES)})")
+    return build(checkpoint, warmup)

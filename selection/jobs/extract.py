@@ -76,7 +76,7 @@ def run(ctx: StageContext, shard: int, progress: Callable[[int], None] | None = 
     """Features of shard `shard` for every checkpoint; finished (checkpoint, shard) pairs are skipped."""
     from selection import warmup  # deferred: torch (see selection/jobs/__init__.py)
     from selection.gradients.features import compute_features, default_extractor  # deferred: torch (see selection/jobs/__init__.py)
-    from selection.gradients.preconditioners import AdamPreconditioner  # deferred: torch (see selection/jobs/__init__.py)
+    from selection.gradients.preconditioners import training_preconditioner  # deferred: torch (see selection/jobs/__init__.py)
 
     g = ctx.spec.gradients
     store, fingerprints = ctx.artifacts, ctx.fingerprints
@@ -98,10 +98,7 @@ def run(ctx: StageContext, shard: int, progress: Callable[[int], None] | None = 
     for epoch in todo:
         checkpoint = _checkpoint(ctx, epoch)
         warmup.apply_adapter(model, checkpoint)
-        precondition = None
-        if g.train_type == "adam":
-            w = ctx.spec.warmup
-            precondition = AdamPreconditioner.from_checkpoint(checkpoint, w.beta1, w.beta2)
+        precondition = training_preconditioner(g.train_type, checkpoint, ctx.spec.warmup)
         features = compute_features(
             model, examples, extractor=default_extractor(), projector=projector, precondition=precondition,
             batch_size=g.batch_size, pad_token_id=tokenizer.pad_token_id, progress=progress,

@@ -82,6 +82,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     result = reduce_matrix(
         matrix if kept is None else matrix[kept], tasks, method=sel.method, budget=budget,
         granularity=sel.granularity, normalize=sel.normalize, iterative=sel.iterative, seed=sel.seed,
+        candidates=sel.candidates,
     )
     if kept is not None:
         result = dataclasses.replace(result, indices=[int(kept[i]) for i in result.indices])

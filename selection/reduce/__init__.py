@@ -1,7 +1,7 @@
 """Reductions of the attribution matrix to an ordered selection (docs/algorithms.md §9-§15).
 
 `reduce_matrix` runs one method of `registry.REDUCERS` (bids, less, quota, random,
-influence-distillation) on an N x M matrix (memory-mapped, read in row blocks); `naive` holds the
+influence-distillation, quota-sample) on an N x M matrix (memory-mapped, read in row blocks); `naive` holds the
 plain reference loops the fast engines equal exactly; the shared float64 arithmetic is defined in
 `normalize`. `dsel reduce` is `cli`.
 """

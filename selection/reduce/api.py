@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Sequence
 
@@ -22,6 +23,7 @@ def reduce_matrix(
     normalize: bool = True,
     iterative: bool = True,
     seed: int = 0,
+    candidates: float = 3.0,
 ) -> Reduction:
     """Select `budget` rows of the N x M attribution matrix with `method` (docs/algorithms.md §9-§14).
 
@@ -29,8 +31,10 @@ def reduce_matrix(
     tasks: one task label per column.
     budget: a count in [1, N] (a float or a string goes through `resolve_budget`).
     granularity, normalize, iterative: the BIDS switches (ignored by other methods).
-    seed: the seed of the random method and of influence-distillation's round-robin column
-        orders (ignored by other methods).
+    seed: the seed of the random method, of influence-distillation's round-robin column
+        orders and of quota-sample's draws (ignored by other methods).
+    candidates: quota-sample's candidate pool per task, as a multiple of its quota (>= 1;
+        ignored by other methods).
     The matrix must be finite (every method checks, in one pass with the column statistics).
     """
     if method not in ALL_METHODS:
@@ -48,11 +52,17 @@ def reduce_matrix(
     reducer = REDUCERS[method]
     if reducer.seeded and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
         raise ReductionError(f"seed {seed!r} must be a non-negative integer", input="seed")
+    if reducer.uses_candidates and (
+        isinstance(candidates, bool) or not isinstance(candidates, numbers.Real) or not candidates >= 1
+        or not math.isfinite(candidates)
+    ):
+        raise ReductionError(f"candidates {candidates!r} must be a finite number >= 1", input="candidates")
     stats = column_stats(a)  # also rejects NaN/inf, naming the first one
     groups = task_groups(labels)
     problem = Problem(
         matrix=a, stats=stats, groups=groups, budget=count, granularity=granularity,
         normalize=bool(normalize), iterative=bool(iterative), seed=int(seed) if reducer.seeded else seed,
+        candidates=float(candidates) if reducer.uses_candidates else candidates,
     )
     indices = reducer.order(problem)
     parameters = {"method": method, **reducer.parameters(problem)}

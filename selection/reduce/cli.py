@@ -56,6 +56,11 @@ methods:
           its distilled matrix): each round visits the columns in a fresh order
           numpy.random.default_rng(SEED).permutation(M); each column takes its highest
           not-yet-selected example (ties: lowest index), until B are selected.
+  quota-sample
+          dsel's own (docs/algorithms.md §18.3): per-task quotas as quota, each task's list
+          its top ceil(C x quota) examples by task-mean Ã in an order drawn by
+          numpy.random.default_rng(SEED) (then the rest of its ranking), round robin over
+          tasks (--candidates C).
   All arithmetic is float64 (see selection/reduce/normalize.py for its exact definition).
 
 output (JSON, to --output or standard output):
@@ -119,7 +124,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--seed", type=_seed, default=0,
-        help="seed of the random method and of the influence-distillation round-robin orders (default: %(default)s)"
+        help="seed of the random method, the influence-distillation round-robin orders and quota-sample's "
+        "draws (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--candidates", type=float, default=3.0,
+        help="quota-sample: each task draws from its top CANDIDATES x quota examples (>= 1; default: %(default)s)",
     )
 
 
@@ -177,10 +187,12 @@ def run_reduce(args: argparse.Namespace) -> int:
     try:
         result = reduce_matrix(
             matrix, tasks, method=args.method, budget=budget, granularity=args.granularity,
-            normalize=args.normalize, iterative=args.iterative, seed=args.seed,
+            normalize=args.normalize, iterative=args.iterative, seed=args.seed, candidates=args.candidates,
         )
     except ReductionError as error:
-        where: dict[str | None, str] = {"matrix": f"--matrix {args.matrix}: ", "tasks": f"--tasks {args.tasks}: "}
+        where: dict[str | None, str] = {
+            "matrix": f"--matrix {args.matrix}: ", "tasks": f"--tasks {args.tasks}: ", "candidates": "--",
+        }
         return _fail(f"{where.get(error.input, '')}{error}")
     text = json.dumps(result.to_json_dict()) + "\n"
     if output is None:

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from selection.reduce import bids, influence_distillation, simple
+from selection.reduce import bids, influence_distillation, quota_sample, simple
 from selection.reduce.normalize import ColumnStats, TaskGroups
 
 
@@ -29,6 +29,7 @@ class Problem:
     normalize: bool
     iterative: bool
     seed: int
+    candidates: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class Reducer:
     order: the ordered selection (row indices) of a problem.
     parameters: the switches that influenced it, recorded in `selection.json` after "method".
     seeded: reads `Problem.seed` (which `reduce_matrix` then checks).
+    uses_candidates: reads `Problem.candidates` (which `reduce_matrix` then checks).
     naive_oracle: its plain reference loop lives in `selection.reduce.naive` (tests iterate over
         these; influence-distillation's oracle is `influence_distillation.naive_round_robin`).
     """
@@ -46,6 +48,7 @@ class Reducer:
     order: Callable[[Problem], list[int]]
     parameters: Callable[[Problem], dict[str, Any]] = lambda problem: {}
     seeded: bool = False
+    uses_candidates: bool = False
     naive_oracle: bool = True
 
 
@@ -74,6 +77,14 @@ REDUCERS: dict[str, Reducer] = {
             "influence-distillation",
             lambda p: influence_distillation.round_robin_order(p.matrix, p.budget, p.seed),
             _seed, seeded=True, naive_oracle=False,
+        ),
+        Reducer(  # dsel's own, not a paper's: docs/algorithms.md §18.3
+            "quota-sample",
+            lambda p: quota_sample.quota_sample_order(
+                p.matrix, p.stats, p.groups, p.budget, candidates=p.candidates, seed=p.seed
+            ),
+            lambda p: {"candidates": p.candidates, "seed": p.seed},
+            seeded=True, uses_candidates=True, naive_oracle=False,
         ),
     )
 }

@@ -13,7 +13,7 @@ import random
 
 import pytest
 
-from bench.quality import tasks
+from bench.quality import tasks, transfer
 
 
 def test_generators_are_deterministic_and_answers_are_right():
@@ -55,22 +55,80 @@ def test_pool_has_no_test_question_and_the_promised_shares():
     assert tasks.test_sets(sizes) == data.test  # the same held-out sets for every seed
 
 
+def test_transfer_rules_and_ingredients():
+    rng = random.Random(0)
+    for task in tasks.TASKS:
+        for _ in range(30):
+            item = tasks.make_item(task, rng)
+            assert transfer.solve(task, item.question) == item.answer
+            far = transfer.OFF_TARGET[task](rng)
+            assert transfer.solve(task, far.question) == far.answer and far.kind == "off-target"
+            assert transfer.wrong_answer(task, item.question, rng) != item.answer
+    assert transfer.flipped_answer("larger", "of 41 and 17 the larger is") == "17"
+    assert transfer.flipped_answer("successor", "after 389 comes") == "388"
+    assert transfer.flipped_answer("sort", "5 2 8 in order is") == "8 5 2"
+    assert transfer.flipped_answer("lookup", "q=41 b=73 x=15; b is") == "15"
+    assert transfer.flipped_answer("count", "bcaab has ? a:") == "3"
+
+
+def test_transfer_pool_has_every_ingredient_and_no_test_question():
+    sizes = tasks.PoolSizes(pool=600, validation_per_task=3, test_per_task=20)
+    mix = transfer.TransferMix()
+    data = transfer.build_datasets(sizes, mix, seed=2)
+    assert len(data.pool) == 600
+    held_out = {item.question for items in data.test.values() for item in items}
+    validation = {i.question for items in data.validation.values() for i in items}
+    assert not held_out & {item.question for item in data.pool}
+    assert not validation & {item.question for item in data.pool}
+    assert all(transfer.is_correct(i) and i.kind == "on-target" for items in data.validation.values() for i in items)
+    slots = (600 - 90) // len(tasks.TASKS)
+    expected = mix.counts(slots)
+    for task in tasks.TASKS:
+        items = [i for i in data.pool if i.task == task]
+        assert len(items) == slots
+        kinds = {k: sum(i.kind == k for i in items) for k in transfer.KINDS}
+        assert len(items) - len({i.key for i in items}) >= 1  # duplicates are there
+        assert kinds["off-target"] >= expected["off-target"] and kinds["wrong"] >= expected["wrong"]
+        assert all(not transfer.is_correct(i) for i in items if i.kind == "wrong")
+    assert tasks.test_sets(sizes) == data.test
+
+
+def test_controls_use_the_true_labels():
+    from bench.quality import run
+
+    data = transfer.build_datasets(tasks.PoolSizes(pool=600, validation_per_task=3, test_per_task=20),
+                                   transfer.TransferMix(), seed=0)
+    chosen = run.stratified_indices(data.pool, 62, random.Random(0))
+    counts = run.composition_by_task(data.pool, chosen)
+    assert counts[tasks.DISTRACTOR] == 0 and sorted(counts[t] for t in tasks.TASKS) == [10] * 4 + [11] * 2
+    wanted = {**{t: 3 for t in tasks.TASKS}, tasks.DISTRACTOR: 5}
+    drawn = run.within_task_indices(data.pool, wanted, random.Random(1))
+    assert run.composition_by_task(data.pool, drawn) == wanted and len(set(drawn)) == len(drawn)
+    quality = run.subset_quality(data.pool, list(range(len(data.pool))))
+    assert 0.2 < quality["wrong_share"] < 0.35 and 0.2 < quality["off_target_share"] < 0.35
+    assert quality["duplicate_share"] > 0.05 and abs(quality["distractor_share"] - 0.15) < 0.01
+
+
 @pytest.mark.slow
-def test_smoke_run_writes_a_report(tmp_path):
+@pytest.mark.parametrize("scenario", ["transfer", "in-domain"])
+def test_smoke_run_writes_a_report(tmp_path, scenario):
     from bench.quality import run
 
     out, cache = tmp_path / "out", tmp_path / "cache"
     plots = importlib.util.find_spec("matplotlib") is not None  # optional: `pip install matplotlib`
-    arguments = ["--size", "smoke", "--out", str(out), "--cache", str(cache)] + ([] if plots else ["--no-plots"])
-    assert run.main(arguments) == 0
+    arguments = ["--size", "smoke", "--scenario", scenario, "--out", str(out), "--cache", str(cache)]
+    assert run.main(arguments + ([] if plots else ["--no-plots"])) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["finished"]
     methods = {r["method"] for r in results["records"]}
-    assert {"random", "less", "quota", "bids", "full"} <= methods
+    assert {"random", "less", "quota", "bids", "full", "stratified"} <= methods
+    if scenario == "transfer":
+        assert {"quota-sample", "within-task@bids"} <= methods
     for r in results["records"]:
-        assert set(r["accuracy"]) == set(tasks.TASKS)
+        assert set(r["accuracy"]) == set(tasks.TASKS) == set(r["loss"])
         assert sum(r["composition"].values()) == r["count"]
         assert 0.0 <= r["worst"] <= r["macro"] <= 1.0
+        assert 0.0 <= r["quality"]["wrong_share"] <= 1.0
     report = (out / "REPORT.md").read_text()
     assert "| bids 25% |" in report and "| less 25% |" in report and "## Verdict" in report
     assert "python -m bench.quality.run --size smoke" in report

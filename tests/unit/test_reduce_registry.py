@@ -15,7 +15,7 @@ from selection.spec import SelectionSpec
 
 
 def test_spec_cli_and_crd_offer_the_registry_methods_in_order():
-    assert ALL_METHODS == tuple(REDUCERS) == ("bids", "less", "quota", "random", "influence-distillation")
+    assert ALL_METHODS == tuple(REDUCERS) == ("bids", "less", "quota", "random", "influence-distillation", "quota-sample")
     assert get_args(SelectionSpec.model_fields["method"].annotation) == ALL_METHODS
     parser = argparse.ArgumentParser()
     _add_arguments(parser)
