@@ -58,10 +58,13 @@ class Metadata:
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any], where: str):
+        """A field with a default may be missing (artifacts committed before it existed)."""
         values = {}
         for f in dataclasses.fields(cls):
             key = cls.KEYS.get(f.name, f.name)
             if key not in document:
+                if f.default is not dataclasses.MISSING:
+                    continue
                 raise storage.CorruptArtifact(f"{where}: manifest metadata has no {key!r}")
             values[f.name] = document[key]
         return cls(**values)
@@ -310,8 +313,34 @@ class ArtifactStore:
         local = self.fetch(prefix) / name
         return np.load(local, mmap_mode="r" if mmap else None, allow_pickle=False)
 
+    def read_file(self, prefix: str, name: str) -> bytes:
+        """One (small) file of the artifact, verified, without downloading the others."""
+        return storage.read_artifact_file(self.store, prefix, name, manifest=self._required(prefix))
+
     def load_json(self, prefix: str, name: str) -> Any:
-        return json.loads(storage.read_artifact_file(self.store, prefix, name, manifest=self._required(prefix)))
+        return json.loads(self.read_file(prefix, name))
+
+    def staging(self, prefix: str) -> Path:
+        """A fresh local directory in which a stage writes the files of `prefix` before committing
+        them (what a killed run left there is discarded)."""
+        directory = self.scratch / ".staging" / prefix
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True)
+        return directory
+
+    def commit_staged(self, prefix: str, metadata: Mapping[str, Any]) -> None:
+        """Commit the files of `staging(prefix)` (uploaded from disk), then keep them as the
+        verified local copy `fetch` returns, so a later read in this run downloads nothing."""
+        directory = self.scratch / ".staging" / prefix
+        files = {p.name: p for p in sorted(directory.iterdir()) if p.is_file()}
+        self.commit(prefix, files, metadata)
+        target = self.scratch / prefix
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        directory.rename(target)
+        (target / ".fetched").write_text("ok\n")
 
 
 # --- the kinds -----------------------------------------------------------------------------------
@@ -382,8 +411,20 @@ class ArtifactKind(Generic[M]):
         }
         store.commit(self.prefix(**where), payload, metadata.to_json())
 
+    def staging(self, store: ArtifactStore, **where: int) -> Path:
+        """Where to write this artifact's files as they are computed (`commit_staged` commits them)."""
+        return store.staging(self.prefix(**where))
+
+    def commit_staged(self, store: ArtifactStore, metadata: M, **where: int) -> None:
+        prefix = self.prefix(**where)
+        self._check([p.name for p in (store.scratch / ".staging" / prefix).iterdir()], metadata)
+        store.commit_staged(prefix, metadata.to_json())
+
     def fetch(self, store: ArtifactStore, **where: int) -> Path:
         return store.fetch(self.prefix(**where))
+
+    def read_file(self, store: ArtifactStore, name: str, **where: int) -> bytes:
+        return store.read_file(self.prefix(**where), name)
 
     def load_array(self, store: ArtifactStore, name: str, *, mmap: bool = True, **where: int) -> np.ndarray:
         return store.load_array(self.prefix(**where), name, mmap=mmap)

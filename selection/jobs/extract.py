@@ -6,10 +6,14 @@ shards; any shard that finds them missing computes them, and identical commits a
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
+
+import numpy as np
 
 from selection import artifacts
 from selection.artifacts import TRAIN_FEATURES, VALIDATION_FEATURES, WARMUP_CHECKPOINT
+from selection.files import NpyRowWriter
 from selection.jobs import runner
 from selection.jobs.context import StageContext
 
@@ -72,10 +76,23 @@ def ensure_validation_features(
         )
 
 
+def _write_train_features(ctx: StageContext, model, examples, where: dict[str, int], metadata, **options) -> None:
+    """Stream one checkpoint's features of a shard to disk batch by batch and commit them:
+    memory stays at one batch whatever the shard's size."""
+    from selection.gradients.features import iter_features
+
+    directory = TRAIN_FEATURES.staging(ctx.artifacts, **where)
+    dim = options["projector"].output_dim
+    with NpyRowWriter(directory / artifacts.FEATURES_FILE, (len(examples), dim), np.float16) as writer:
+        for block in iter_features(model, examples, **options):
+            writer.write(block)
+    TRAIN_FEATURES.commit_staged(ctx.artifacts, metadata(), **where)
+
+
 def run(ctx: StageContext, shard: int, progress: Callable[[int], None] | None = None) -> None:
     """Features of shard `shard` for every checkpoint; finished (checkpoint, shard) pairs are skipped."""
     from selection import warmup
-    from selection.gradients.features import compute_features, default_extractor
+    from selection.gradients.features import default_extractor
     from selection.gradients.preconditioners import AdamPreconditioner
 
     g = ctx.spec.gradients
@@ -99,17 +116,14 @@ def run(ctx: StageContext, shard: int, progress: Callable[[int], None] | None = 
         if g.train_type == "adam":
             w = ctx.spec.warmup
             precondition = AdamPreconditioner.from_checkpoint(checkpoint, w.beta1, w.beta2)
-        features = compute_features(
-            model, examples, extractor=default_extractor(), projector=projector, precondition=precondition,
-            batch_size=g.batch_size, pad_token_id=tokenizer.pad_token_id, progress=progress,
-        )
-        TRAIN_FEATURES.save_arrays(
-            store,
-            {artifacts.FEATURES_FILE: features},
-            artifacts.TrainFeaturesMetadata(
-                fingerprint=fingerprints.train, epoch=epoch, start=rows.start, stop=rows.stop
+        _write_train_features(
+            ctx, model, examples, dict(epoch=epoch, shard=shard, shards=g.shards),
+            functools.partial(
+                artifacts.TrainFeaturesMetadata, fingerprint=fingerprints.train, epoch=epoch,
+                start=rows.start, stop=rows.stop,
             ),
-            epoch=epoch, shard=shard, shards=g.shards,
+            extractor=default_extractor(), projector=projector, precondition=precondition,
+            batch_size=g.batch_size, pad_token_id=tokenizer.pad_token_id, progress=progress,
         )
 
 
