@@ -27,6 +27,7 @@ import numpy as np
 from selection import storage
 
 FEATURES_FILE = "features.npy"
+FEATURE_SUM_FILE = "feature-sum.npy"  # the float64 sum of a shard's feature rows (feature health)
 SCORES_FILE = "scores.npy"
 EMBEDDINGS_FILE = "embeddings.npy"
 LANDMARKS_FILE = "landmarks.npy"
@@ -90,6 +91,9 @@ class TrainFeaturesMetadata(Metadata):
     epoch: int
     start: int  # pool rows [start, stop)
     stop: int
+    # the shard's feature statistics (`selection.gradients.health.FeatureStatistics.to_json`);
+    # None for artifacts committed before feature health was recorded
+    health: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -441,7 +445,7 @@ VALIDATION_FEATURES = ArtifactKind(
     ValidationFeaturesMetadata, lambda f: f.validation,
 )
 TRAIN_FEATURES = ArtifactKind(
-    "train features", "features/train/checkpoint-{epoch:03d}/{shard_name}", (FEATURES_FILE,),
+    "train features", "features/train/checkpoint-{epoch:03d}/{shard_name}", (FEATURES_FILE, FEATURE_SUM_FILE),
     TrainFeaturesMetadata, lambda f: f.train,
 )
 SCORES = ArtifactKind("scores", "scores/{shard_name}", (SCORES_FILE,), ScoresMetadata, lambda f: f.scores)

@@ -7,6 +7,7 @@ shards; any shard that finds them missing computes them, and identical commits a
 from __future__ import annotations
 
 import functools
+import io
 from typing import Callable
 
 import numpy as np
@@ -77,16 +78,20 @@ def ensure_validation_features(
 
 
 def _write_train_features(ctx: StageContext, model, examples, where: dict[str, int], metadata, **options) -> None:
-    """Stream one checkpoint's features of a shard to disk batch by batch and commit them:
-    memory stays at one batch whatever the shard's size."""
+    """Stream one checkpoint's features of a shard to disk batch by batch, with their feature
+    health statistics, and commit both: memory stays at one batch whatever the shard's size."""
     from selection.gradients.features import iter_features
+    from selection.gradients.health import FeatureStatistics
 
     directory = TRAIN_FEATURES.staging(ctx.artifacts, **where)
     dim = options["projector"].output_dim
+    statistics = FeatureStatistics.empty(dim)
     with NpyRowWriter(directory / artifacts.FEATURES_FILE, (len(examples), dim), np.float16) as writer:
         for block in iter_features(model, examples, **options):
             writer.write(block)
-    TRAIN_FEATURES.commit_staged(ctx.artifacts, metadata(), **where)
+            statistics.add(block)
+    np.save(directory / artifacts.FEATURE_SUM_FILE, statistics.total, allow_pickle=False)
+    TRAIN_FEATURES.commit_staged(ctx.artifacts, metadata(health=statistics.to_json()), **where)
 
 
 def run(ctx: StageContext, shard: int, progress: Callable[[int], None] | None = None) -> None:
@@ -125,6 +130,27 @@ def run(ctx: StageContext, shard: int, progress: Callable[[int], None] | None = 
             extractor=default_extractor(), projector=projector, precondition=precondition,
             batch_size=g.batch_size, pad_token_id=tokenizer.pad_token_id, progress=progress,
         )
+
+
+def feature_health(ctx: StageContext) -> dict | None:
+    """selection.json's "featureHealth": every checkpoint's statistics summed exactly over the
+    shards (docs/algorithms.md §18.5); None when a shard was committed without them (older runs)."""
+    from selection.gradients.health import CheckpointHealth, FeatureStatistics, feature_health
+
+    g = ctx.spec.gradients
+    checkpoints = []
+    for epoch in ctx.epochs:
+        total = None
+        for shard in range(g.shards):
+            where = dict(epoch=epoch, shard=shard, shards=g.shards)
+            health = TRAIN_FEATURES.metadata(ctx.artifacts, **where).health
+            if health is None:
+                return None
+            vector = np.load(io.BytesIO(TRAIN_FEATURES.read_file(ctx.artifacts, artifacts.FEATURE_SUM_FILE, **where)))
+            part = FeatureStatistics.from_json(health, vector)
+            total = part if total is None else total.merge(part)
+        checkpoints.append(CheckpointHealth(epoch, total))
+    return feature_health(checkpoints, g.train_type)
 
 
 def main(argv: list[str] | None = None) -> int:

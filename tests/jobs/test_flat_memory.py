@@ -112,7 +112,7 @@ def commit_inputs(ctx: StageContext, dim: int, columns: int) -> None:
         rows = ctx.shard_range(shard)
         features = unit(rows.stop - rows.start)
         TRAIN_FEATURES.save_arrays(
-            store, {artifacts.FEATURES_FILE: features},
+            store, {artifacts.FEATURES_FILE: features, artifacts.FEATURE_SUM_FILE: features.sum(0, dtype=np.float64)},
             artifacts.TrainFeaturesMetadata(fingerprint=f.train, epoch=0, start=rows.start, stop=rows.stop),
             epoch=0, shard=shard, shards=g.shards,
         )
