@@ -324,10 +324,13 @@ class ArtifactStore:
     def load_json(self, prefix: str, name: str) -> Any:
         return json.loads(self.read_file(prefix, name))
 
+    def staging_directory(self, prefix: str) -> Path:
+        return self.scratch / ".staging" / prefix
+
     def staging(self, prefix: str) -> Path:
         """A fresh local directory in which a stage writes the files of `prefix` before committing
         them (what a killed run left there is discarded)."""
-        directory = self.scratch / ".staging" / prefix
+        directory = self.staging_directory(prefix)
         if directory.exists():
             shutil.rmtree(directory)
         directory.mkdir(parents=True)
@@ -336,7 +339,7 @@ class ArtifactStore:
     def commit_staged(self, prefix: str, metadata: Mapping[str, Any]) -> None:
         """Commit the files of `staging(prefix)` (uploaded from disk), then keep them as the
         verified local copy `fetch` returns, so a later read in this run downloads nothing."""
-        directory = self.scratch / ".staging" / prefix
+        directory = self.staging_directory(prefix)
         files = {p.name: p for p in sorted(directory.iterdir()) if p.is_file()}
         self.commit(prefix, files, metadata)
         target = self.scratch / prefix
@@ -421,7 +424,7 @@ class ArtifactKind(Generic[M]):
 
     def commit_staged(self, store: ArtifactStore, metadata: M, **where: int) -> None:
         prefix = self.prefix(**where)
-        self._check([p.name for p in (store.scratch / ".staging" / prefix).iterdir()], metadata)
+        self._check([p.name for p in store.staging_directory(prefix).iterdir()], metadata)
         store.commit_staged(prefix, metadata.to_json())
 
     def fetch(self, store: ArtifactStore, **where: int) -> Path:

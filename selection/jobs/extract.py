@@ -134,7 +134,8 @@ def run(ctx: StageContext, shard: int, progress: Callable[[int], None] | None = 
 
 def feature_health(ctx: StageContext) -> dict | None:
     """selection.json's "featureHealth": every checkpoint's statistics summed exactly over the
-    shards (docs/algorithms.md §18.5); None when a shard was committed without them (older runs)."""
+    shards (docs/algorithms.md §18.5). None when a shard's features were committed without them
+    (by an older version) or deleted after scoring: the scores do not need them."""
     from selection.gradients.health import CheckpointHealth, FeatureStatistics, feature_health
 
     g = ctx.spec.gradients
@@ -143,6 +144,8 @@ def feature_health(ctx: StageContext) -> dict | None:
         total = None
         for shard in range(g.shards):
             where = dict(epoch=epoch, shard=shard, shards=g.shards)
+            if ctx.artifacts.manifest(TRAIN_FEATURES.prefix(**where)) is None:
+                return None
             health = TRAIN_FEATURES.metadata(ctx.artifacts, **where).health
             if health is None:
                 return None

@@ -81,10 +81,10 @@ def load_matrix(path: str | Path, *, assemble_to: str | Path | None = None) -> n
 
 
 def _assemble(arrays: list[np.ndarray], shape: tuple[int, int], dtype, target: Path) -> np.ndarray:
-    from selection.files import NpyRowWriter
+    """Renamed into place when complete, so a map of an earlier file at `target` stays valid."""
+    from selection.files import NpyRowWriter, staged
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with NpyRowWriter(target, shape, dtype) as writer:
+    with staged(target) as temporary, NpyRowWriter(temporary, shape, dtype) as writer:
         for array in arrays:
             for start in range(0, array.shape[0], ASSEMBLY_ROWS):
                 writer.write(array[start : start + ASSEMBLY_ROWS])
