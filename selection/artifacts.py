@@ -14,7 +14,6 @@ is a GET). Torch-free: the operator imports this module for the layout it report
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import shutil
 from dataclasses import dataclass
@@ -237,12 +236,6 @@ class Fingerprints:
 
 
 # --- the store -----------------------------------------------------------------------------------
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
-
-
 class ArtifactStore:
     """One run's artifacts: a store, a local scratch directory for downloads, and the manifests
     read so far (each is read once; committing through this object refreshes it)."""
@@ -399,8 +392,14 @@ class ArtifactKind(Generic[M]):
             raise ValueError(f"{self.name}: expected files {self.files} with {self.metadata_type.__name__}")
 
     def save_arrays(self, store: ArtifactStore, arrays: Mapping[str, np.ndarray], metadata: M, **where: int) -> None:
+        """Commit arrays that are already in memory: saved to the staging directory straight from
+        the array (no serialized copy in memory), then committed from disk."""
         self._check(list(arrays), metadata)
-        store.commit(self.prefix(**where), {n: npy_bytes(a) for n, a in arrays.items()}, metadata.to_json())
+        directory = self.staging(store, **where)
+        for name, array in arrays.items():
+            with open(directory / name, "wb") as stream:
+                np.save(stream, np.ascontiguousarray(array), allow_pickle=False)
+        store.commit_staged(self.prefix(**where), metadata.to_json())
 
     def save_directory(self, store: ArtifactStore, directory: Path, metadata: M, **where: int) -> None:
         """Commit every file below `directory` (a checkpoint keeps its own file set: `files` is empty)."""
