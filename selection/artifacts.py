@@ -62,11 +62,10 @@ class Metadata:
         values = {}
         for f in dataclasses.fields(cls):
             key = cls.KEYS.get(f.name, f.name)
-            if key not in document:
-                if f.default is not dataclasses.MISSING:
-                    continue
+            if key in document:
+                values[f.name] = document[key]
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise storage.CorruptArtifact(f"{where}: manifest metadata has no {key!r}")
-            values[f.name] = document[key]
         return cls(**values)
 
 
@@ -90,6 +89,7 @@ class TrainFeaturesMetadata(Metadata):
     epoch: int
     start: int  # pool rows [start, stop)
     stop: int
+    answerless: list[int] = dataclasses.field(default_factory=list)  # 0-based lines that keep no answer token (data.lines_without_answer)
     # the shard's feature statistics (`selection.gradients.health.FeatureStatistics.to_json`);
     # None for artifacts committed before feature health was recorded
     health: dict[str, Any] | None = None
@@ -110,6 +110,7 @@ class EmbeddingsMetadata(Metadata):
     rows: int
     blocks: int  # transformer blocks the JVP ran through
     dim: int
+    answerless: list[int] = dataclasses.field(default_factory=list)  # as in TrainFeaturesMetadata
 
 
 @dataclass(frozen=True)
@@ -150,13 +151,23 @@ class Fingerprints:
     fingerprint, so a change anywhere upstream changes everything downstream.
     """
 
-    def __init__(self, spec, train_sha256: Callable[[], str], validation_digest: Callable[[], list[list[str]]]):
+    def __init__(
+        self,
+        spec,
+        train_sha256: Callable[[], str],
+        validation_digest: Callable[[], list[list[str]]],
+        *,
+        model_identity: Callable[[], dict[str, Any]],
+    ):
         self.spec = spec  # selection.spec.DataSelectionSpec (not imported: this module stays light)
         self._train_sha256 = train_sha256
         self._validation_digest = validation_digest
+        # What loading the model actually reads (selection.models.model_identity): a model
+        # changed in place under the same source string changes the warmup fingerprint.
+        self._model_identity = model_identity
 
     def _hash(self, inputs: dict[str, Any]) -> str:
-        from selection.spec import spec_fingerprint
+        from selection.spec import spec_fingerprint  # deferred: pydantic would double the operator-facing import time
 
         return spec_fingerprint(inputs)
 
@@ -166,10 +177,11 @@ class Fingerprints:
 
     @cached_property
     def warmup(self) -> str:
-        """Model, training data, max_length, warmup section."""
+        """Model (the spec's section and what was loaded), training data, max_length, warmup section."""
         return self._hash(
             {
                 "model": self.spec.model.model_dump(mode="json"),
+                "loaded": self._model_identity(),
                 "train_sha256": self._train_sha256(),
                 "max_length": self.spec.data.max_length,
                 "warmup": self.spec.warmup.model_dump(mode="json"),
@@ -362,9 +374,10 @@ class ArtifactKind(Generic[M]):
     replace_stale: bool = False
 
     def prefix(self, **where: int) -> str:
+        fields: dict[str, int | str] = dict(where)
         if "shard" in where:
-            where = {**where, "shard_name": shard_name(where["shard"], where["shards"])}
-        return self.template.format(**where)
+            fields["shard_name"] = shard_name(where["shard"], where["shards"])
+        return self.template.format(**fields)
 
     def exists(self, store: ArtifactStore, fingerprints: Fingerprints, **where: int) -> bool:
         """Finished with the current inputs (StaleArtifactError when finished with others)."""

@@ -5,10 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-from selection.contract import EXIT_BAD_INPUT
+from selection.contract import EXIT_BAD_INPUT, JobArgs, StorageLocation
+from selection.crd import add_crd_parser
+from selection.jobs.context import StageContext
+from selection.output import check_output_path, write_output
+from selection.jobs.runner import user_errors
+from selection.reduce.cli import add_reduce_parser
+from selection.redact import redact
+from selection.spec import SpecError, load_selection
+from selection.threads import configure_threads
 
 
 def _summary(document: dict[str, Any]) -> str:
@@ -52,24 +61,36 @@ def _feature_health_lines(health: dict[str, Any] | None) -> list[str]:
 
 
 def _write_output(path: str, document: dict[str, Any]) -> None:
-    """Write atomically: a reader never sees a half-written selection."""
-    from selection.files import write_text_atomically
+    """Write atomically (a reader never sees a half-written selection); see selection.output."""
+    write_output(path, json.dumps(document, indent=2) + "\n", "--output")
 
-    write_text_atomically(path, json.dumps(document, indent=2) + "\n")
+
+@contextmanager
+def _naming_spec_file(spec_path: str) -> Iterator[None]:
+    """Problems found after parsing (the budget against the pool, LoRA against the model)
+    name the spec file too, like the ones the parser finds."""
+    try:
+        yield
+    except SpecError as error:
+        if error.source is not None:
+            raise
+        raise SpecError(error.problems, spec_path) from None
 
 
 def _run(args: argparse.Namespace) -> int:
-    from selection.local import run_selection
-    from selection.spec import load_selection
+    from selection.local import run_selection  # deferred: only `dsel run` needs every stage module
 
     resource = load_selection(args.spec)
-    document = run_selection(
-        resource,
-        storage_uri=args.storage,
-        base_dir=Path(args.spec).resolve().parent,
-        cache_dir=args.cache_dir,
-        progress=not args.quiet,
-    )
+    if args.output:
+        check_output_path(args.output, "--output")  # before hours of work, not after
+    with _naming_spec_file(args.spec):
+        document = run_selection(
+            resource,
+            storage_uri=args.storage,
+            base_dir=Path(args.spec).resolve().parent,
+            cache_dir=args.cache_dir,
+            progress=not args.quiet,
+        )
     if args.output:
         _write_output(args.output, document)
     print(_summary(document))
@@ -82,17 +103,18 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from selection.spec import load_selection
-
     resource = load_selection(args.spec)
     if args.check_data:
-        from selection.contract import JobArgs, StorageLocation
-        from selection.jobs.context import StageContext
-
-        base_dir = str(Path(args.spec).resolve().parent)
-        ctx = StageContext(JobArgs(resource, StorageLocation(uri="unused"), base_dir=base_dir))
+        storage = resource.spec.storage
+        location = StorageLocation(uri="unused", endpoint=storage.endpoint, region=storage.region)
+        ctx = StageContext(JobArgs(resource, location, base_dir=str(Path(args.spec).resolve().parent)))
+        try:
+            with _naming_spec_file(args.spec):
+                budget = ctx.preflight()  # the same checks `dsel run` makes before its first stage
+        finally:
+            ctx.close()
         print(f"{args.spec}: {len(ctx.train_examples)} training examples, "
-              f"{len(ctx.validation_examples)} validation examples")
+              f"{len(ctx.validation_examples)} validation examples, budget {budget} examples")
     sel = resource.spec.selection
     print(f"{args.spec}: valid DataSelection '{resource.name}' (method {sel.method}, budget {sel.budget})")
     return 0
@@ -126,25 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--check-data", action="store_true", help="also read and check the JSONL files")
     validate.set_defaults(handler=_validate)
 
-    from selection.reduce.cli import add_reduce_parser
-
     add_reduce_parser(commands)
-
-    from selection.crd import add_crd_parser
-
     add_crd_parser(commands)
 
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from selection.jobs.runner import user_errors
+    configure_threads()  # before anything imports torch (the stages import it lazily): OpenMP reads these once
 
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except user_errors() as error:
-        print(f"dsel {args.command}: error: {error}", file=sys.stderr)
+        print(redact(f"dsel {args.command}: error: {error}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from finished artifacts", file=sys.stderr)

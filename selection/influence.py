@@ -23,7 +23,7 @@ def checkpoint_weights(mean_learning_rates: Sequence[float]) -> np.ndarray:
 def attribution_blocks(
     train_features: Sequence[np.ndarray],
     validation_features: Sequence[np.ndarray],
-    weights: Sequence[float],
+    weights: Sequence[float] | np.ndarray,
 ) -> Iterator[np.ndarray]:
     """Rows of A for one shard, ROW_BLOCK rows at a time: train_features[c] is (n, d) (a memory
     map), validation_features[c] is (M, d).
@@ -43,3 +43,18 @@ def attribution_blocks(
             block = np.asarray(train[start:stop], dtype=np.float32)
             scores += np.float32(weight) * (block @ val.T)
         yield scores
+
+
+def attribution_rows(
+    train_features: Sequence[np.ndarray],
+    validation_features: Sequence[np.ndarray],
+    weights: Sequence[float] | np.ndarray,
+) -> np.ndarray:
+    """All rows of `attribution_blocks` in one (n, M) array, for sets that fit in memory (the
+    benchmarks); the score stage streams the blocks to disk instead."""
+    scores = np.empty((train_features[0].shape[0], validation_features[0].shape[0]), dtype=np.float32)
+    start = 0
+    for block in attribution_blocks(train_features, validation_features, weights):
+        scores[start : start + block.shape[0]] = block
+        start += block.shape[0]
+    return scores

@@ -16,7 +16,7 @@ GROUP, VERSION, PLURAL = spec_module.API_GROUP, spec_module.API_VERSION, spec_mo
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Read the DSEL_* environment, connect, and start the metrics endpoint."""
     config = OperatorSettings.from_env()
     if config.logging_level is not None:
@@ -52,9 +52,9 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 # Deletion stops the loop via `stopped`; kopf checks every second and cancels it after 10 s.
 @kopf.daemon(GROUP, VERSION, PLURAL, id="reconcile", cancellation_polling=1.0, cancellation_timeout=10.0)
 async def run_selection(
-    namespace: str, name: str, memo: kopf.Memo, logger: logging.Logger, stopped: kopf.DaemonStopped, **_: Any
+    namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, stopped: kopf.DaemonStopped, **_: Any
 ) -> None:
-    await reconciler.watch_over(memo.dsel, namespace, name, logger, stopped)
+    await reconciler.watch_over(memo.dsel, _namespaced(namespace), name, logger, stopped)
 
 
 # Event handlers are async so that they run in the loop that owns the wake-up events
@@ -69,11 +69,18 @@ async def selection_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: An
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={manifests.LABEL_SELECTION: kopf.PRESENT})
-async def job_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    memo.dsel.wakeups.poke(namespace, labels[manifests.LABEL_SELECTION])
+async def job_changed(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    memo.dsel.wakeups.poke(_namespaced(namespace), labels[manifests.LABEL_SELECTION])
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, retries=5, backoff=2)
-async def clean_up(namespace: str, name: str, uid: str, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def clean_up(namespace: str | None, name: str, uid: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Delete the Jobs (and so their pods) and ConfigMaps now, not whenever garbage collection runs."""
-    await reconciler.delete_children(memo.dsel, namespace, name, uid, logger)
+    await reconciler.delete_children(memo.dsel, _namespaced(namespace), name, uid, logger)
+
+
+def _namespaced(namespace: str | None) -> str:
+    """kopf types `namespace` for cluster-scoped kinds too; DataSelections and Jobs always have one."""
+    if namespace is None:
+        raise kopf.PermanentError("expected a namespaced object, got one without metadata.namespace")
+    return namespace

@@ -24,7 +24,7 @@ from selection import artifacts, contract
 from selection import spec as spec_module
 from selection.contract import StorageLocation
 
-from selection_operator import manifests, status as conditions
+from selection_operator import admission, manifests, status as conditions
 from selection_operator.settings import OperatorSettings
 
 PENDING = "Pending"
@@ -263,7 +263,7 @@ class _Draft:
         except spec_module.SpecError as error:
             self._fail("InvalidSpec", f"invalid spec: {_problems_text(error.problems)}", "invalid spec")
             raise  # unreachable
-        problems = manifests.cluster_problems(live)
+        problems = admission.admission_problems(live, storage.uri, self.obs.settings)
         if problems:
             self._fail("InvalidSpec", f"invalid spec: {_problems_text(problems)}", "invalid spec")
         self.resource, self.storage = live, storage

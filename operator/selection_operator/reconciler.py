@@ -11,9 +11,8 @@ import asyncio
 import dataclasses
 import datetime
 import json
-import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -156,13 +155,13 @@ async def observe(ctx: Context, resource: Mapping[str, Any]) -> tuple[phases.Obs
     return observation, jobs_by_stage
 
 
-async def apply(ctx: Context, resource: Mapping[str, Any], plan: phases.Plan, logger: logging.Logger) -> None:
+async def apply(ctx: Context, resource: Mapping[str, Any], plan: phases.Plan, logger: kopf.Logger) -> None:
     meta = resource["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    owner = dict(resource)
+    owner = kopf.Body(cast(kopf.RawBody, dict(resource)))  # a raw object from the API: kopf's view of it
     if plan.create_config_map and plan.resource is not None and plan.storage is not None:
         config_map = manifests.build_config_map(plan.resource, plan.storage)
-        kopf.adopt(config_map, owner=owner)
+        manifests.adopt(config_map, owner)
         if not await ctx.cluster.create(config_map):
             existing = await ctx.cluster.get("v1", "ConfigMap", namespace, config_map["metadata"]["name"])
             if existing is not None and not owned_by(existing, meta.get("uid")):
@@ -175,7 +174,7 @@ async def apply(ctx: Context, resource: Mapping[str, Any], plan: phases.Plan, lo
         if plan.resource is None or plan.storage is None:
             break
         job = manifests.build_job(stage, plan.resource, plan.storage, ctx.settings)
-        kopf.adopt(job, owner=owner)
+        manifests.adopt(job, owner)
         if await ctx.cluster.create(job):
             logger.info("created Job %s", job["metadata"]["name"])
     old = resource.get("status") or {}
@@ -189,7 +188,7 @@ async def apply(ctx: Context, resource: Mapping[str, Any], plan: phases.Plan, lo
     ctx.metrics.set_phase(namespace, name, plan.status.get("phase"))
 
 
-async def reconcile(ctx: Context, namespace: str, name: str, logger: logging.Logger) -> bool:
+async def reconcile(ctx: Context, namespace: str, name: str, logger: kopf.Logger) -> bool:
     """One round for one resource: True when it is idle (finished, gone or being deleted)."""
     resource = await ctx.cluster.get_selection(namespace, name)
     if resource is None or resource.get("metadata", {}).get("deletionTimestamp"):
@@ -222,7 +221,7 @@ async def _sleep(wake: asyncio.Event, stopped: Any, timeout: float | None) -> No
 
 
 async def watch_over(
-    ctx: Context, namespace: str, name: str, logger: logging.Logger, stopped: Any = None
+    ctx: Context, namespace: str, name: str, logger: kopf.Logger, stopped: Any = None
 ) -> None:
     """Reconcile on wake-ups, and periodically while the selection runs, until kopf stops it."""
     wake = ctx.wakeups.register(namespace, name)
@@ -249,7 +248,7 @@ async def watch_over(
         ctx.wakeups.unregister(namespace, name, wake)
 
 
-async def delete_children(ctx: Context, namespace: str, name: str, uid: str | None, logger: logging.Logger) -> int:
+async def delete_children(ctx: Context, namespace: str, name: str, uid: str | None, logger: kopf.Logger) -> int:
     """Delete the resource's Jobs (with their pods) and ConfigMaps; returns how many went."""
     deleted = 0
     for api_version, kind in (("batch/v1", "Job"), ("v1", "ConfigMap")):

@@ -12,6 +12,7 @@ from selection.files import NpyRowWriter
 from selection.influence import attribution_blocks, checkpoint_weights
 from selection.jobs import runner
 from selection.jobs.context import StageContext
+from selection.reduce import load_matrix
 
 
 def run(ctx: StageContext, shard: int) -> None:
@@ -46,8 +47,6 @@ def gather(ctx: StageContext) -> tuple[np.ndarray, dict[str, str]]:
     Several shards are copied, in row blocks, into one .npy file in scratch that is then mapped,
     so no N x M copy is held in memory.
     """
-    from selection.reduce import load_matrix
-
     g = ctx.spec.gradients
     store = ctx.artifacts
     directory = ctx.scratch / "scores-all"
