@@ -19,7 +19,7 @@ variant dsel has no spec option for, from dsel's extraction pieces (`bias_correc
 Rows of the table:
 
 - less (dsel): Adam-preconditioned training features vs plain validation features, projected,
-  unit rows, checkpoint-weighted cosine (ALGORITHMS.md §3-4), read from the score shards.
+  unit rows, checkpoint-weighted cosine (docs/algorithms.md §5-§7), read from the score shards.
 - sgd: the same with `gradients.trainType: sgd` (plain training gradients).
 - adam-bias-corrected: g * (1-b1)/(1-b1^(t+1)) / (sqrt(v/(1-b2^(t+1))) + eps) per checkpoint,
   no momentum term (Influence Distillation's preconditioner), weighted over checkpoints like LESS;

@@ -258,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_threads()
     import torch
 
-    from selection.gradients.features import AdamPreconditioner, lora_dim
+    from selection.gradients.features import lora_dim
+    from selection.gradients.preconditioners import AdamPreconditioner
     from selection.gradients.projection import CountSketchProjector
 
     if args.threads:

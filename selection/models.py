@@ -229,24 +229,29 @@ def resolve_hub_commit(name: str, revision: str | None) -> str:
     """
     if revision and _COMMIT.match(revision):
         return revision
-    try:
-        from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, constants, errors as hub_errors
 
+    hub_error: Exception | None = None
+    try:
         sha = HfApi().model_info(name, revision=revision).sha
         if sha:
             return sha
-    except Exception:  # offline, or a private repo without a token: try the local cache
-        pass
-    from huggingface_hub import constants
-
+    except Exception as error:  # offline, or a private repo without a token: try the local cache
+        hub_error = error
     ref = Path(constants.HF_HUB_CACHE) / f"models--{name.replace('/', '--')}" / "refs" / (revision or "main")
     try:
         return ref.read_text().strip()
     except OSError:
-        raise ModelLoadError(
-            f"model.source '{name}': cannot resolve revision {revision or 'main'!r} to a commit "
-            "(hub unreachable and not in the local cache)"
-        ) from None
+        pass
+    # The hub's own verdict (no such repo or revision, gated, offline mode) is final; anything
+    # else (429, 5xx, a dropped connection) stays the cause, so the stage retries it as transient.
+    final = (hub_errors.RepositoryNotFoundError, hub_errors.RevisionNotFoundError,
+             hub_errors.GatedRepoError, hub_errors.OfflineModeIsEnabled)
+    cause = None if hub_error is None or isinstance(hub_error, final) else hub_error
+    raise ModelLoadError(
+        f"model.source '{name}': cannot resolve revision {revision or 'main'!r} to a commit "
+        "(hub unreachable and not in the local cache)"
+    ) from cause
 
 
 def model_identity(

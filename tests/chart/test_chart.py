@@ -598,8 +598,8 @@ def test_worker_pull_secrets_reach_the_job_pods(chart: helm_python.Chart) -> Non
     settings = OperatorSettings.from_env(plain)
     resource = spec_module.parse_selection({
         "apiVersion": "dsel.dev/v1alpha1", "kind": "DataSelection", "metadata": {"name": "d", "namespace": "n"},
-        "spec": {"model": {"source": "m"}, "data": {"train": "s3://b/t", "validation": [{"uri": "s3://b/v"}]},
-                 "selection": {"budget": 1}, "storage": {"uri": "s3://b/a"}}})
+        "spec": {"model": {"source": "m"}, "data": {"train": "s3://bkt/t", "validation": [{"uri": "s3://bkt/v"}]},
+                 "selection": {"budget": 1}, "storage": {"uri": "s3://bkt/a"}}})
     storage = job_manifests.resolve_storage(resource, settings)
     for stage in contract.STAGE_NAMES:
         job = job_manifests.build_job(stage, resource, storage, settings)

@@ -15,14 +15,14 @@ from selection_operator import admission, manifests, phases
 from selection_operator.settings import OperatorSettings
 
 SETTINGS = OperatorSettings(worker_image="registry.example.com/ml/worker:1", worker_default_memory="4Gi")
-STORAGE = contract.StorageLocation("s3://b/art", None, None, "s3-creds")
+STORAGE = contract.StorageLocation("s3://bkt/art", None, None, "s3-creds")
 KUBE_VERSIONS = ["1.29", kubernetes_validate.utils.latest_version()]
 
 
 def body(namespace: str = "ns", **spec_changes: Any) -> dict[str, Any]:
     spec = {
         "model": {"source": "tiny:llama-demo"},
-        "data": {"train": "s3://b/t.jsonl", "validation": [{"task": "x", "uri": "s3://b/v.jsonl"}]},
+        "data": {"train": "s3://bkt/t.jsonl", "validation": [{"task": "x", "uri": "s3://bkt/v.jsonl"}]},
         "gradients": {"shards": 4},
         "selection": {"budget": 10},
     }
@@ -192,10 +192,10 @@ def test_storage_prefixes_per_namespace_and_with_placeholders():
 
 def test_endpoints_are_confined_to_the_allow_list():
     settings = OperatorSettings(s3_endpoint="http://minio.minio:9000", allowed_s3_endpoints=("https://s3.internal",))
-    ok = {"uri": "s3://b/x", "endpoint": "https://s3.internal/"}
+    ok = {"uri": "s3://bkt/x", "endpoint": "https://s3.internal/"}
     assert admitted(resource(storage=ok), settings) == {}
-    assert admitted(resource(storage={"uri": "s3://b/x", "endpoint": "http://minio.minio:9000"}), settings) == {}
-    found = admitted(resource(storage={"uri": "s3://b/x", "endpoint": "http://169.254.169.254"}), settings)
+    assert admitted(resource(storage={"uri": "s3://bkt/x", "endpoint": "http://minio.minio:9000"}), settings) == {}
+    found = admitted(resource(storage={"uri": "s3://bkt/x", "endpoint": "http://169.254.169.254"}), settings)
     assert "allow-list" in found["spec.storage.endpoint"]
 
 
@@ -203,7 +203,7 @@ def test_policy_limits_images_tolerations_node_selection_and_shards():
     settings = OperatorSettings(
         worker_image="ghcr.io/acme/dsel-worker:1", allowed_images=("ghcr.io/acme/",),
         allowed_toleration_keys=("nvidia.com/gpu",), allowed_node_selector_keys=("nvidia.com/gpu.product",),
-        max_shards=2, default_storage_uri="s3://b/r",
+        max_shards=2, default_storage_uri="s3://bkt/r",
     )
     found = admitted(resource(**FULL, storage={}), settings)
     assert "spec.gradients.shards" in found  # 4 > 2
@@ -229,7 +229,7 @@ def test_overrides_may_not_replace_the_operators_own_parts():
         "volumes": [{"name": "cache", "emptyDir": {}}, {"name": "host", "hostPath": {"path": "/"}}],
         "volumeMounts": [{"name": "host", "mountPath": "/tmp/x"}],
         "labels": {"dsel.dev/selection": "other"},
-    }}, storage={"uri": "s3://b/x"}), OperatorSettings())
+    }}, storage={"uri": "s3://bkt/x"}), OperatorSettings())
     assert set(found) == {
         "spec.resources.pod.env[0].name", "spec.resources.pod.env[1].name", "spec.resources.pod.volumes[0].name",
         "spec.resources.pod.volumes[1].hostPath", "spec.resources.pod.volumeMounts[0].mountPath",
@@ -251,7 +251,7 @@ def test_settings_read_the_confinement_and_policy_variables():
     from selection_operator.settings import SettingsError
 
     settings = OperatorSettings.from_env({
-        "DSEL_DEFAULT_STORAGE_URI": "s3://b/t", "DSEL_CONFINE_STORAGE": "true",
+        "DSEL_DEFAULT_STORAGE_URI": "s3://bkt/t", "DSEL_CONFINE_STORAGE": "true",
         "DSEL_ALLOWED_STORAGE_PREFIXES": "s3://data/{namespace}, team-a=s3://a",
         "DSEL_ALLOWED_S3_ENDPOINTS": "https://s3.internal", "DSEL_ALLOWED_IMAGES": "ghcr.io/acme/",
         "DSEL_ALLOWED_TOLERATION_KEYS": "nvidia.com/gpu", "DSEL_ALLOWED_NODE_SELECTOR_KEYS": "gpu",
@@ -263,7 +263,7 @@ def test_settings_read_the_confinement_and_policy_variables():
                         ("DSEL_ALLOWED_S3_ENDPOINTS", "minio:9000"), ("DSEL_MAX_SHARDS", "0"),
                         ("DSEL_WORKER_DEFAULT_MEMORY", "8 GB")]:
         with pytest.raises(SettingsError, match=name):
-            OperatorSettings.from_env({"DSEL_DEFAULT_STORAGE_URI": "s3://b/t", name: value})
+            OperatorSettings.from_env({"DSEL_DEFAULT_STORAGE_URI": "s3://bkt/t", name: value})
     with pytest.raises(SettingsError, match="DSEL_CONFINE_STORAGE"):
         OperatorSettings.from_env({"DSEL_CONFINE_STORAGE": "true"})
 

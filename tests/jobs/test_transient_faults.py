@@ -34,6 +34,8 @@ def arguments(train: str, validation: str, storage_uri: str, endpoint: str | Non
         "apiVersion": "dsel.dev/v1alpha1", "kind": "DataSelection", "metadata": {"name": "faults"},
         "spec": {"model": {"source": "tiny:llama-demo"},
                  "data": {"train": train, "validation": [{"task": "arithmetic", "uri": validation}]},
+                 "warmup": {"lora": {"r": 8, "alpha": 32}},  # fits the tiny model: 32-wide layers
+                 "gradients": {"projectionDim": 512},  # below its 7168 LoRA parameters
                  "selection": {"budget": budget}},
     })
     return json.dumps({"resource": resource.to_manifest(),

@@ -19,7 +19,7 @@ BASE = {
     "apiVersion": "dsel.dev/v1alpha1", "kind": "DataSelection", "metadata": {"name": "k"},
     "spec": {
         "model": {"source": "tiny:llama-demo"},
-        "data": {"train": "s3://b/t.jsonl", "validation": [{"task": "x", "uri": "s3://b/v.jsonl"}]},
+        "data": {"train": "s3://bkt/t.jsonl", "validation": [{"task": "x", "uri": "s3://bkt/v.jsonl"}]},
         "selection": {"budget": 10},
     },
 }
