@@ -14,7 +14,6 @@ is a GET). Torch-free: the operator imports this module for the layout it report
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import shutil
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ import numpy as np
 from selection import storage
 
 FEATURES_FILE = "features.npy"
+FEATURE_SUM_FILE = "feature-sum.npy"  # the float64 sum of a shard's feature rows (feature health)
 SCORES_FILE = "scores.npy"
 EMBEDDINGS_FILE = "embeddings.npy"
 LANDMARKS_FILE = "landmarks.npy"
@@ -58,6 +58,7 @@ class Metadata:
 
     @classmethod
     def from_json(cls, document: Mapping[str, Any], where: str):
+        """A field with a default may be missing (artifacts committed before it existed)."""
         values = {}
         for f in dataclasses.fields(cls):
             key = cls.KEYS.get(f.name, f.name)
@@ -89,6 +90,9 @@ class TrainFeaturesMetadata(Metadata):
     start: int  # pool rows [start, stop)
     stop: int
     answerless: list[int] = dataclasses.field(default_factory=list)  # 0-based lines that keep no answer token (data.lines_without_answer)
+    # the shard's feature statistics (`selection.gradients.health.FeatureStatistics.to_json`);
+    # None for artifacts committed before feature health was recorded
+    health: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -244,12 +248,6 @@ class Fingerprints:
 
 
 # --- the store -----------------------------------------------------------------------------------
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
-
-
 class ArtifactStore:
     """One run's artifacts: a store, a local scratch directory for downloads, and the manifests
     read so far (each is read once; committing through this object refreshes it)."""
@@ -324,8 +322,37 @@ class ArtifactStore:
         local = self.fetch(prefix) / name
         return np.load(local, mmap_mode="r" if mmap else None, allow_pickle=False)
 
+    def read_file(self, prefix: str, name: str) -> bytes:
+        """One (small) file of the artifact, verified, without downloading the others."""
+        return storage.read_artifact_file(self.store, prefix, name, manifest=self._required(prefix))
+
     def load_json(self, prefix: str, name: str) -> Any:
-        return json.loads(storage.read_artifact_file(self.store, prefix, name, manifest=self._required(prefix)))
+        return json.loads(self.read_file(prefix, name))
+
+    def staging_directory(self, prefix: str) -> Path:
+        return self.scratch / ".staging" / prefix
+
+    def staging(self, prefix: str) -> Path:
+        """A fresh local directory in which a stage writes the files of `prefix` before committing
+        them (what a killed run left there is discarded)."""
+        directory = self.staging_directory(prefix)
+        if directory.exists():
+            shutil.rmtree(directory)
+        directory.mkdir(parents=True)
+        return directory
+
+    def commit_staged(self, prefix: str, metadata: Mapping[str, Any]) -> None:
+        """Commit the files of `staging(prefix)` (uploaded from disk), then keep them as the
+        verified local copy `fetch` returns, so a later read in this run downloads nothing."""
+        directory = self.staging_directory(prefix)
+        files = {p.name: p for p in sorted(directory.iterdir()) if p.is_file()}
+        self.commit(prefix, files, metadata)
+        target = self.scratch / prefix
+        if target.exists():
+            shutil.rmtree(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        directory.rename(target)
+        (target / ".fetched").write_text("ok\n")
 
 
 # --- the kinds -----------------------------------------------------------------------------------
@@ -378,8 +405,14 @@ class ArtifactKind(Generic[M]):
             raise ValueError(f"{self.name}: expected files {self.files} with {self.metadata_type.__name__}")
 
     def save_arrays(self, store: ArtifactStore, arrays: Mapping[str, np.ndarray], metadata: M, **where: int) -> None:
+        """Commit arrays that are already in memory: saved to the staging directory straight from
+        the array (no serialized copy in memory), then committed from disk."""
         self._check(list(arrays), metadata)
-        store.commit(self.prefix(**where), {n: npy_bytes(a) for n, a in arrays.items()}, metadata.to_json())
+        directory = self.staging(store, **where)
+        for name, array in arrays.items():
+            with open(directory / name, "wb") as stream:
+                np.save(stream, np.ascontiguousarray(array), allow_pickle=False)
+        store.commit_staged(self.prefix(**where), metadata.to_json())
 
     def save_directory(self, store: ArtifactStore, directory: Path, metadata: M, **where: int) -> None:
         """Commit every file below `directory` (a checkpoint keeps its own file set: `files` is empty)."""
@@ -397,8 +430,20 @@ class ArtifactKind(Generic[M]):
         }
         store.commit(self.prefix(**where), payload, metadata.to_json())
 
+    def staging(self, store: ArtifactStore, **where: int) -> Path:
+        """Where to write this artifact's files as they are computed (`commit_staged` commits them)."""
+        return store.staging(self.prefix(**where))
+
+    def commit_staged(self, store: ArtifactStore, metadata: M, **where: int) -> None:
+        prefix = self.prefix(**where)
+        self._check([p.name for p in store.staging_directory(prefix).iterdir()], metadata)
+        store.commit_staged(prefix, metadata.to_json())
+
     def fetch(self, store: ArtifactStore, **where: int) -> Path:
         return store.fetch(self.prefix(**where))
+
+    def read_file(self, store: ArtifactStore, name: str, **where: int) -> bytes:
+        return store.read_file(self.prefix(**where), name)
 
     def load_array(self, store: ArtifactStore, name: str, *, mmap: bool = True, **where: int) -> np.ndarray:
         return store.load_array(self.prefix(**where), name, mmap=mmap)
@@ -415,7 +460,7 @@ VALIDATION_FEATURES = ArtifactKind(
     ValidationFeaturesMetadata, lambda f: f.validation,
 )
 TRAIN_FEATURES = ArtifactKind(
-    "train features", "features/train/checkpoint-{epoch:03d}/{shard_name}", (FEATURES_FILE,),
+    "train features", "features/train/checkpoint-{epoch:03d}/{shard_name}", (FEATURES_FILE, FEATURE_SUM_FILE),
     TrainFeaturesMetadata, lambda f: f.train,
 )
 SCORES = ArtifactKind("scores", "scores/{shard_name}", (SCORES_FILE,), ScoresMetadata, lambda f: f.scores)

@@ -32,6 +32,7 @@ def _summary(document: dict[str, Any]) -> str:
         "Per-task composition (examples closest to each task):",
     ]
     lines += [f"  {task:<{width}}  {count:>6}" for task, count in sorted(composition.items())]
+    lines += _feature_health_lines(document.get("featureHealth"))
     if "artifacts" in document:
         lines.append(f"Artifacts: {document['artifacts']}")
     if "subsetUri" in document:
@@ -39,6 +40,24 @@ def _summary(document: dict[str, Any]) -> str:
     head = ", ".join(str(i) for i in indices[:12]) + (", ..." if len(indices) > 12 else "")
     lines.append(f"First indices: {head}")
     return "\n".join(lines)
+
+
+def _feature_health_lines(health: dict[str, Any] | None) -> list[str]:
+    """Per checkpoint: mean pairwise cosine and common-direction share of the training features."""
+    if not health:
+        return []
+
+    def figure(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    lines = [f"Training-feature health (degenerate above mean pairwise cosine {health['threshold']}):"]
+    for c in health["checkpoints"]:
+        flag = "  DEGENERATE" if c["degenerate"] else ""
+        lines.append(
+            f"  checkpoint {c['checkpoint']}: mean pairwise cosine {figure(c['meanPairwiseCosine'])}, "
+            f"common-direction share {figure(c['commonDirectionShare'])}{flag}"
+        )
+    return lines
 
 
 def _write_output(path: str, document: dict[str, Any]) -> None:
@@ -77,6 +96,9 @@ def _run(args: argparse.Namespace) -> int:
     print(_summary(document))
     if args.output:
         print(f"Selection written to {args.output}")
+    warning = (document.get("featureHealth") or {}).get("warning")
+    if warning:
+        print(f"dsel run: warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -20,25 +20,41 @@ def checkpoint_weights(mean_learning_rates: Sequence[float]) -> np.ndarray:
     return rates / total if total > 0 else np.full_like(rates, 1.0 / rates.size)
 
 
-def attribution_rows(
+def attribution_blocks(
     train_features: Sequence[np.ndarray],
     validation_features: Sequence[np.ndarray],
     weights: Sequence[float] | np.ndarray,
-) -> np.ndarray:
-    """Rows of A for one shard: train_features[c] is (n, d), validation_features[c] is (M, d).
+) -> Iterator[np.ndarray]:
+    """Rows of A for one shard, ROW_BLOCK rows at a time: train_features[c] is (n, d) (a memory
+    map), validation_features[c] is (M, d).
 
-    Features are unit rows, so each term is a cosine; float32 accumulation in row blocks keeps
-    memory at one block of each checkpoint's features.
+    Features are unit rows, so each term is a cosine; float32 accumulation per block keeps memory
+    at one block of each checkpoint's features and one (ROW_BLOCK, M) block of A.
     """
     if not (len(train_features) == len(validation_features) == len(weights)):
         raise ValueError("one train and one validation feature matrix per checkpoint weight")
     rows = train_features[0].shape[0]
     columns = validation_features[0].shape[0]
-    scores = np.zeros((rows, columns), dtype=np.float32)
     validation = [np.asarray(v, dtype=np.float32) for v in validation_features]
     for start in range(0, rows, ROW_BLOCK):
         stop = min(rows, start + ROW_BLOCK)
+        scores = np.zeros((stop - start, columns), dtype=np.float32)
         for weight, train, val in zip(weights, train_features, validation):
             block = np.asarray(train[start:stop], dtype=np.float32)
-            scores[start:stop] += np.float32(weight) * (block @ val.T)
+            scores += np.float32(weight) * (block @ val.T)
+        yield scores
+
+
+def attribution_rows(
+    train_features: Sequence[np.ndarray],
+    validation_features: Sequence[np.ndarray],
+    weights: Sequence[float] | np.ndarray,
+) -> np.ndarray:
+    """All rows of `attribution_blocks` in one (n, M) array, for sets that fit in memory (the
+    benchmarks); the score stage streams the blocks to disk instead."""
+    scores = np.empty((train_features[0].shape[0], validation_features[0].shape[0]), dtype=np.float32)
+    start = 0
+    for block in attribution_blocks(train_features, validation_features, weights):
+        scores[start : start + block.shape[0]] = block
+        start += block.shape[0]
     return scores

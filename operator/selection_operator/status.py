@@ -160,7 +160,8 @@ def decode_indices(selection: Mapping[str, Any]) -> list[int]:
 
 
 def selection_summary(document: Mapping[str, Any], uri: str) -> dict[str, Any]:
-    """`status.selection` from selection.json: everything but the bulky parameters and inputs."""
+    """`status.selection` from selection.json: everything but the bulky parameters and inputs
+    (with the training features' health and its warning, when the run reported them)."""
     indices = document.get("indices") or []
     encoding, value = encode_indices(indices)
     summary: dict[str, Any] = {
@@ -171,6 +172,7 @@ def selection_summary(document: Mapping[str, Any], uri: str) -> dict[str, Any]:
         "composition": dict(document.get("composition") or {}),
         "uri": uri,
         "subsetUri": document.get("subsetUri"),
+        "featureHealth": document.get("featureHealth"),
         "encoding": encoding,
     }
     if value is not None:

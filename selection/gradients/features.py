@@ -9,7 +9,7 @@ and projection) is the one the pipeline uses (`default_extractor`).
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -66,7 +66,7 @@ def normalize_rows(features: torch.Tensor) -> torch.Tensor:
     return torch.where(norms > 0, features / norms.clamp(min=torch.finfo(features.dtype).tiny), features)
 
 
-def compute_features(
+def iter_features(
     model,
     examples: Sequence[Tokenized],
     *,
@@ -76,25 +76,35 @@ def compute_features(
     batch_size: int,
     pad_token_id: int,
     progress: Callable[[int], None] | None = None,
-) -> np.ndarray:
-    """Features of `examples` in order, as an (n, d) float16 array of unit rows.
+) -> Iterator[np.ndarray]:
+    """Features of `examples` in order, one (batch, d) float16 block of unit rows per batch.
 
     Batches are consecutive runs of `batch_size` examples, so callers that pass shards starting
-    at multiples of `batch_size` get the same numbers whatever the sharding.
+    at multiples of `batch_size` get the same numbers whatever the sharding. A caller writing
+    the blocks out as they come (`selection.files.NpyRowWriter`) holds one batch, not the shard.
     """
     device = next(model.parameters()).device
     model.eval()  # dropout off: gradients of the deterministic model
-    out = np.zeros((len(examples), projector.output_dim), dtype=np.float16)
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         batch = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()}
         projected = extractor(model, batch, projector, precondition)
-        out[start : start + len(chunk)] = normalize_rows(projected.float()).cpu().numpy().astype(np.float16)
+        yield normalize_rows(projected.float()).cpu().numpy().astype(np.float16)
         if progress:
             progress(len(chunk))
     release = getattr(extractor, "release", None)
     if release is not None:
         release()  # scratch buffers and this checkpoint's moments; what it learned stays
+
+
+def compute_features(model, examples: Sequence[Tokenized], **options) -> np.ndarray:
+    """`iter_features` gathered into one (n, d) float16 array (for sets that fit in memory:
+    validation examples, landmarks, tests)."""
+    out = np.zeros((len(examples), options["projector"].output_dim), dtype=np.float16)
+    start = 0
+    for block in iter_features(model, examples, **options):
+        out[start : start + block.shape[0]] = block
+        start += block.shape[0]
     return out
 
 

@@ -6,10 +6,16 @@ shards; any shard that finds them missing computes them, and identical commits a
 
 from __future__ import annotations
 
-from typing import Callable
+import functools
+import io
+from typing import Any, Callable
+
+import numpy as np
 
 from selection import artifacts, data
 from selection.artifacts import TRAIN_FEATURES, VALIDATION_FEATURES, WARMUP_CHECKPOINT
+from selection.files import NpyRowWriter
+from selection.gradients import health
 from selection.jobs import runner
 from selection.jobs.context import StageContext
 
@@ -72,10 +78,26 @@ def ensure_validation_features(
         )
 
 
+def _write_train_features(ctx: StageContext, model, examples, where: dict[str, int], metadata, **options) -> None:
+    """Stream one checkpoint's features of a shard to disk batch by batch, with their feature
+    health statistics, and commit both: memory stays at one batch whatever the shard's size."""
+    from selection.gradients.features import iter_features  # deferred: torch (see selection/jobs/__init__.py)
+
+    directory = TRAIN_FEATURES.staging(ctx.artifacts, **where)
+    dim = options["projector"].output_dim
+    statistics = health.FeatureStatistics.empty(dim)
+    with NpyRowWriter(directory / artifacts.FEATURES_FILE, (len(examples), dim), np.float16) as writer:
+        for block in iter_features(model, examples, **options):
+            writer.write(block)
+            statistics.add(block)
+    np.save(directory / artifacts.FEATURE_SUM_FILE, statistics.total, allow_pickle=False)
+    TRAIN_FEATURES.commit_staged(ctx.artifacts, metadata(health=statistics.to_json()), **where)
+
+
 def run(ctx: StageContext, shard: int, progress: Callable[[int], None] | None = None) -> None:
     """Features of shard `shard` for every checkpoint; finished (checkpoint, shard) pairs are skipped."""
     from selection import warmup  # deferred: torch (see selection/jobs/__init__.py)
-    from selection.gradients.features import compute_features, default_extractor  # deferred: torch (see selection/jobs/__init__.py)
+    from selection.gradients.features import default_extractor  # deferred: torch (see selection/jobs/__init__.py)
     from selection.gradients.preconditioners import training_preconditioner  # deferred: torch (see selection/jobs/__init__.py)
 
     g = ctx.spec.gradients
@@ -99,19 +121,36 @@ def run(ctx: StageContext, shard: int, progress: Callable[[int], None] | None = 
         checkpoint = _checkpoint(ctx, epoch)
         warmup.apply_adapter(model, checkpoint)
         precondition = training_preconditioner(g.train_type, checkpoint, ctx.spec.warmup)
-        features = compute_features(
-            model, examples, extractor=default_extractor(), projector=projector, precondition=precondition,
+        _write_train_features(
+            ctx, model, examples, dict(epoch=epoch, shard=shard, shards=g.shards),
+            functools.partial(
+                artifacts.TrainFeaturesMetadata, fingerprint=fingerprints.train, epoch=epoch,
+                start=rows.start, stop=rows.stop, answerless=answerless,
+            ),
+            extractor=default_extractor(), projector=projector, precondition=precondition,
             batch_size=g.batch_size, pad_token_id=tokenizer.pad_token_id, progress=progress,
         )
-        TRAIN_FEATURES.save_arrays(
-            store,
-            {artifacts.FEATURES_FILE: features},
-            artifacts.TrainFeaturesMetadata(
-                fingerprint=fingerprints.train, epoch=epoch, start=rows.start, stop=rows.stop,
-                answerless=answerless,
-            ),
-            epoch=epoch, shard=shard, shards=g.shards,
-        )
+
+
+def feature_health(ctx: StageContext) -> dict[str, Any] | None:
+    """selection.json's "featureHealth": every checkpoint's statistics summed exactly over the
+    shards (docs/algorithms.md §18.4). None when a shard's features were committed without them
+    (by an older version) or deleted after scoring: the scores do not need them."""
+    g = ctx.spec.gradients
+    checkpoints = []
+    for epoch in ctx.epochs:
+        parts = []
+        for shard in range(g.shards):
+            where = dict(epoch=epoch, shard=shard, shards=g.shards)
+            if ctx.artifacts.manifest(TRAIN_FEATURES.prefix(**where)) is None:
+                return None
+            recorded = TRAIN_FEATURES.metadata(ctx.artifacts, **where).health
+            if recorded is None:
+                return None
+            vector = np.load(io.BytesIO(TRAIN_FEATURES.read_file(ctx.artifacts, artifacts.FEATURE_SUM_FILE, **where)))
+            parts.append(health.FeatureStatistics.from_json(recorded, vector))
+        checkpoints.append(health.CheckpointHealth(epoch, functools.reduce(health.FeatureStatistics.merge, parts)))
+    return health.feature_health(checkpoints, g.train_type)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,11 +26,13 @@ Progress = Callable[[int], None]
 @dataclass(frozen=True)
 class InfluenceMatrix:
     """What the reduction reads: the N x M matrix, the checksums of the artifacts it came from,
-    and (distilled only) a summary for selection.json's "influence"."""
+    (distilled only) a summary for selection.json's "influence", and (gradient only) the
+    training features' health for its "featureHealth" (`selection.gradients.health`)."""
 
     matrix: np.ndarray
     inputs: dict[str, str]
     summary: dict[str, Any] | None = None
+    feature_health: dict[str, Any] | None = None
 
 
 class InfluenceMethod(Protocol):
@@ -73,7 +75,7 @@ class GradientInfluence:
 
     def matrix(self, ctx: StageContext) -> InfluenceMatrix:
         matrix, checksums = score.gather(ctx)
-        return InfluenceMatrix(matrix, checksums)
+        return InfluenceMatrix(matrix, checksums, feature_health=extract.feature_health(ctx))
 
     def answerless_rows(self, ctx: StageContext) -> list[int]:
         g = ctx.spec.gradients

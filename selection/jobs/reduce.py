@@ -5,7 +5,7 @@ checksums of the score shards it read; `selected.jsonl` holds the selected train
 selection order, ready for the user's fine-tuning step. Both are committed together.
 The matrix comes from the influence method (`selection.jobs.methods`): with influence
 distillation it is the distilled one, built here first, and `selection.json` also carries an
-"influence" summary.
+"influence" summary; with gradient influence, a "featureHealth" of the training features.
 """
 
 from __future__ import annotations
@@ -101,6 +101,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         document["excludedNoAnswer"] = excluded
     if influence.summary is not None:
         document["influence"] = influence.summary
+    if influence.feature_health is not None:
+        document["featureHealth"] = influence.feature_health
     subset = "".join(pool[i].raw + "\n" for i in result.indices).encode()
     SELECTION.save_documents(
         store,

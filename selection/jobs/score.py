@@ -8,7 +8,8 @@ import numpy as np
 
 from selection import artifacts
 from selection.artifacts import SCORES, TRAIN_FEATURES, VALIDATION_FEATURES, WARMUP_CHECKPOINT
-from selection.influence import attribution_rows, checkpoint_weights
+from selection.files import NpyRowWriter
+from selection.influence import attribution_blocks, checkpoint_weights
 from selection.jobs import runner
 from selection.jobs.context import StageContext
 from selection.reduce import load_matrix
@@ -26,14 +27,16 @@ def run(ctx: StageContext, shard: int) -> None:
     ]
     validation = [VALIDATION_FEATURES.load_array(store, artifacts.FEATURES_FILE, epoch=e) for e in ctx.epochs]
     rows = ctx.shard_range(shard)
-    scores = attribution_rows(train, validation, checkpoint_weights(rates))
-    SCORES.save_arrays(
+    where = dict(shard=shard, shards=g.shards)
+    columns = validation[0].shape[0]
+    path = SCORES.staging(store, **where) / artifacts.SCORES_FILE
+    with NpyRowWriter(path, (rows.stop - rows.start, columns), np.float32) as writer:
+        for block in attribution_blocks(train, validation, checkpoint_weights(rates)):
+            writer.write(block)
+    SCORES.commit_staged(
         store,
-        {artifacts.SCORES_FILE: scores},
-        artifacts.ScoresMetadata(
-            fingerprint=fingerprints.scores, start=rows.start, stop=rows.stop, columns=scores.shape[1]
-        ),
-        shard=shard, shards=g.shards,
+        artifacts.ScoresMetadata(fingerprint=fingerprints.scores, start=rows.start, stop=rows.stop, columns=columns),
+        **where,
     )
 
 
@@ -41,6 +44,8 @@ def gather(ctx: StageContext) -> tuple[np.ndarray, dict[str, str]]:
     """The finished score shards as one memory-mapped matrix in row order, and their checksums.
 
     Each shard's manifest is read once (a GET on S3) for the check, the download and the checksum.
+    Several shards are copied, in row blocks, into one .npy file in scratch that is then mapped,
+    so no N x M copy is held in memory.
     """
     g = ctx.spec.gradients
     store = ctx.artifacts
@@ -55,7 +60,7 @@ def gather(ctx: StageContext) -> tuple[np.ndarray, dict[str, str]]:
         local = SCORES.fetch(store, **where) / artifacts.SCORES_FILE
         (directory / f"{artifacts.shard_name(shard, g.shards)}.npy").symlink_to(local.resolve())
         checksums[SCORES.prefix(**where)] = SCORES.checksum(store, artifacts.SCORES_FILE, **where)
-    return load_matrix(directory), checksums
+    return load_matrix(directory, assemble_to=ctx.scratch / "scores-all.npy"), checksums
 
 
 def main(argv: list[str] | None = None) -> int:

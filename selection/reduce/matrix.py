@@ -1,8 +1,8 @@
 """Loading and validating the attribution matrix A (N x M) and its task labels.
 
 A is read through a memory map and never copied whole when that can be avoided: every pass
-over it goes in row blocks. A directory of row shards is the exception (the shards are
-concatenated into one in-memory array, one copy in the stored dtype) unless it holds one shard.
+over it goes in row blocks. A directory of several row shards is concatenated, in row blocks,
+into one .npy file that is then mapped (`assemble_to`), or else into one in-memory array.
 """
 
 from __future__ import annotations
@@ -35,14 +35,18 @@ def _load_npy(path: Path) -> np.ndarray:
     return array
 
 
-def load_matrix(path: str | Path) -> np.ndarray:
+ASSEMBLY_ROWS = 8192  # rows per copy when row shards are concatenated into one file
+
+
+def load_matrix(path: str | Path, *, assemble_to: str | Path | None = None) -> np.ndarray:
     """A as a (memory-mapped when possible) N x M array.
 
     `path` is a `.npy` file (float16, float32 or float64), mapped read-only, or a directory of
     row-shard `.npy` files (directly inside it; symlinks followed) concatenated in file-name
     order, which is row order when shard numbers are zero-padded as the pipeline writes them
     (`shard-00000-of-00004.npy`, ...). Shards must agree on the column count; mixed float dtypes
-    are widened to the widest one.
+    are widened to the widest one. With `assemble_to`, several shards are written there (a .npy
+    file, replaced) block by block and mapped, so memory does not grow with N.
     """
     path = Path(path)
     if path.is_dir():
@@ -63,12 +67,15 @@ def load_matrix(path: str | Path) -> np.ndarray:
         if len(arrays) == 1:
             return arrays[0]
         dtype = np.result_type(*arrays)
-        out = np.empty((sum(a.shape[0] for a in arrays), columns), dtype=dtype)
-        start = 0
-        for array in arrays:
-            out[start : start + array.shape[0]] = array
-            start += array.shape[0]
-        return out
+        shape = (sum(a.shape[0] for a in arrays), columns)
+        if assemble_to is None:
+            out = np.empty(shape, dtype=dtype)
+            start = 0
+            for array in arrays:
+                out[start : start + array.shape[0]] = array
+                start += array.shape[0]
+            return out
+        return _assemble(arrays, shape, dtype, Path(assemble_to))
     if not path.exists():
         raise ReductionError(f"{path}: no such file or directory", input="matrix")
     array = _load_npy(path)
@@ -96,6 +103,17 @@ def _row_shards(directory: Path) -> list[Path]:
             input="matrix",
         )
     return entries
+
+
+def _assemble(arrays: list[np.ndarray], shape: tuple[int, int], dtype, target: Path) -> np.ndarray:
+    """Renamed into place when complete, so a map of an earlier file at `target` stays valid."""
+    from selection.files import NpyRowWriter, staged
+
+    with staged(target) as temporary, NpyRowWriter(temporary, shape, dtype) as writer:
+        for array in arrays:
+            for start in range(0, array.shape[0], ASSEMBLY_ROWS):
+                writer.write(array[start : start + ASSEMBLY_ROWS])
+    return _load_npy(target)
 
 
 def _check_array(array: np.ndarray, where: str) -> None:

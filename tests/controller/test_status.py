@@ -40,6 +40,15 @@ def test_small_selections_stay_a_plain_list():
     assert status.decode_indices(summary) == [9, 1, 4]
 
 
+def test_feature_health_and_its_warning_are_copied_to_the_status():
+    health = {"threshold": 0.5, "degenerate": True, "warning": "degenerate training features: ...",
+              "checkpoints": [{"checkpoint": 0, "rows": 10, "zeroRows": 0, "meanPairwiseCosine": 0.9,
+                               "commonDirectionShare": 0.91, "degenerate": True}]}
+    summary = status.selection_summary({"indices": [1], "featureHealth": health}, "s3://b/s.json")
+    assert summary["featureHealth"] == health
+    assert "featureHealth" not in status.selection_summary({"indices": [1]}, "s3://b/s.json")
+
+
 def test_large_selections_are_compacted_within_budget():
     indices = list(range(1_000_000))
     random.Random(1).shuffle(indices)

@@ -118,3 +118,40 @@ def test_layout_of_each_kind():
     assert artifacts.SELECTION.prefix() == "selection"
     root = "s3://bucket/run"
     assert artifacts.status_layout(root)["selection"] == f"{root}/selection/selection.json"
+
+
+def test_feature_health_sums_the_shards_and_is_absent_for_older_or_deleted_features(ctx):
+    from selection.gradients.health import FeatureStatistics
+    from selection.jobs import extract
+
+    g, rng = ctx.spec.gradients, np.random.default_rng(0)
+    pool = []
+
+    def commit(epoch: int, shard: int, with_health: bool) -> None:
+        rows = ctx.shard_range(shard)
+        x = rng.standard_normal((rows.stop - rows.start, 8))
+        x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+        pool.append(x)
+        stats = FeatureStatistics.empty(8)
+        stats.add(x)
+        artifacts.TRAIN_FEATURES.save_arrays(
+            ctx.artifacts, {artifacts.FEATURES_FILE: x, artifacts.FEATURE_SUM_FILE: stats.total},
+            artifacts.TrainFeaturesMetadata(fingerprint=ctx.fingerprints.train, epoch=epoch, start=rows.start,
+                                            stop=rows.stop, health=stats.to_json() if with_health else None),
+            epoch=epoch, shard=shard, shards=g.shards,
+        )
+
+    for epoch in ctx.epochs:
+        for shard in range(g.shards - 1):
+            commit(epoch, shard, True)
+    assert extract.feature_health(ctx) is None  # the last shard's features are gone
+    for epoch in ctx.epochs:
+        commit(epoch, g.shards - 1, epoch == 0)
+    assert extract.feature_health(ctx) is None  # checkpoint 1's last shard came without statistics
+    commit(1, g.shards - 1, True)
+    health = extract.feature_health(ctx)
+    whole = FeatureStatistics.empty(8)
+    for block in pool[: g.shards - 1] + [pool[2 * (g.shards - 1)]]:  # checkpoint 0's shards
+        whole.add(block)
+    assert health["checkpoints"][0]["meanPairwiseCosine"] == pytest.approx(whole.mean_pairwise_cosine(), abs=1e-12)
+    assert [c["rows"] for c in health["checkpoints"]] == [len(ctx.train_examples)] * 2
