@@ -4,8 +4,8 @@
     .venv/bin/python bench/operator_scale.py --selections 20 --output bench/results/operator_scale.md
 
 What runs: the real operator (`kopf run -m selection_operator`, a separate process, default
-settings: resync every 30 s) against `tests.kube_emulator.KubeEmulator` with the DataSelection
-CRD, and a SeaweedFS S3 server (`tests.s3server`) for the artifacts the operator reads. Instead
+settings: resync every 30 s) against `tests.support.kube_emulator.KubeEmulator` with the DataSelection
+CRD, and a SeaweedFS S3 server (`tests.support.s3server`) for the artifacts the operator reads. Instead
 of the local job runner, a *status driver* plays the Job controller: it watches Jobs and, after
 `--job-seconds`, patches each Job's status to complete the way the Job controller does
 (succeeded, completedIndexes "0-<n-1>" for an Indexed Job, SuccessCriteriaMet and Complete
@@ -51,8 +51,8 @@ import kmock  # noqa: E402
 from bench.reporting import publish  # noqa: E402
 from selection import artifacts, storage  # noqa: E402
 from selection.crd import build_crd  # noqa: E402
-from tests.kube_emulator import KubeEmulator  # noqa: E402
-from tests.s3server import SeaweedS3  # noqa: E402
+from tests.support.kube_emulator import KubeEmulator  # noqa: E402
+from tests.support.s3server import SeaweedS3  # noqa: E402
 
 NAMESPACE = "default"
 SECRET = "dsel-s3"

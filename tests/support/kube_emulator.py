@@ -30,7 +30,7 @@ requests (create, get, patch, put, delete) itself, and adds:
   namespaces that objects live in (plus `default`).
 
 Not emulated: admission and schema validation, defaulting, server-side apply, deletecollection,
-controllers (see `tests/local_job_runner.py` for Jobs), pod logs.
+controllers (see `tests/support/local_job_runner.py` for Jobs), pod logs.
 """
 
 from __future__ import annotations
