@@ -30,7 +30,7 @@ from bench.quality.stats import interval, paired  # noqa: E402
 FULL = "full"
 DSEL_OPTIONS = ("quota-sample", "bids/adam-diagonal")  # dsel's own options (not the papers' methods)
 LEARNED_MARGIN = 0.10
-ATTRIBUTION_RESULTS = Path("/work/wt/attribution/bench/attribution_results/results.json")
+ATTRIBUTION_RESULTS = Path(__file__).resolve().parents[1] / "attribution_results" / "results.json"
 QUALITY_COLUMNS = (
     ("wrong_share", "wrong answers"), ("off_target_share", "off-target"), ("distractor_share", "chatter"),
     ("duplicate_share", "duplicates"), ("answer_diversity", "answer diversity"),
