@@ -145,14 +145,15 @@ def run_pool(name: str, document: dict, workdir: Path, threads: int | None, bloc
     import torch
 
     from selection.jobs import extract, reduce, score, warmup
-    from selection.jobs.context import JobArgs, StageContext
+    from selection.contract import JobArgs, StorageLocation
+    from selection.jobs.context import StageContext
     from selection.reduce import resolve_budget
     from selection.spec import parse_selection
 
     if threads:
         torch.set_num_threads(threads)
     store = workdir / "store"
-    ctx = StageContext(JobArgs(resource=parse_selection(document), storage_uri=str(store)),
+    ctx = StageContext(JobArgs(resource=parse_selection(document), storage=StorageLocation(str(store))),
                        scratch_root=workdir / "scratch")
     spec = ctx.spec
     pool = len(ctx.train_examples)
@@ -192,11 +193,13 @@ def run_distillation(name: str, document: dict, workdir: Path, full: np.ndarray,
                      budget: int) -> VariantResult:
     from selection import artifacts
     from selection.jobs import distill
-    from selection.jobs.context import JobArgs, StageContext
+    from selection.contract import JobArgs, StorageLocation
+    from selection.jobs.context import StageContext
     from selection.reduce import reduce_matrix
     from selection.spec import parse_selection
 
-    ctx = StageContext(JobArgs(resource=parse_selection(document), storage_uri=str(workdir / "store")),
+    location = StorageLocation(str(workdir / "store"))
+    ctx = StageContext(JobArgs(resource=parse_selection(document), storage=location),
                        scratch_root=workdir / "scratch")
     spec = ctx.spec
     chosen = distill.landmarks(ctx)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-EXIT_BAD_INPUT = 2
+from selection.contract import EXIT_BAD_INPUT
 
 
 def _summary(document: dict[str, Any]) -> str:
@@ -71,9 +71,11 @@ def _validate(args: argparse.Namespace) -> int:
 
     resource = load_selection(args.spec)
     if args.check_data:
-        from selection.jobs.context import JobArgs, StageContext
+        from selection.contract import JobArgs, StorageLocation
+        from selection.jobs.context import StageContext
 
-        ctx = StageContext(JobArgs(resource, storage_uri="unused", base_dir=str(Path(args.spec).resolve().parent)))
+        base_dir = str(Path(args.spec).resolve().parent)
+        ctx = StageContext(JobArgs(resource, StorageLocation(uri="unused"), base_dir=base_dir))
         print(f"{args.spec}: {len(ctx.train_examples)} training examples, "
               f"{len(ctx.validation_examples)} validation examples")
     sel = resource.spec.selection

@@ -11,8 +11,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from selection.contract import JobArgs, StorageLocation
 from selection.jobs import distill, extract, reduce, score, warmup
-from selection.jobs.context import JobArgs, StageContext
+from selection.jobs.context import StageContext
 from selection.spec import DataSelection
 
 DEFAULT_LOCAL_ROOT = ".dsel"
@@ -51,9 +52,11 @@ def run_selection(
     """
     args = JobArgs(
         resource=resource,
-        storage_uri=storage_uri or default_storage_uri(resource),
-        endpoint=resource.spec.storage.endpoint,
-        region=resource.spec.storage.region,
+        storage=StorageLocation(
+            uri=storage_uri or default_storage_uri(resource),
+            endpoint=resource.spec.storage.endpoint,
+            region=resource.spec.storage.region,
+        ),
         base_dir=str(base_dir) if base_dir is not None else None,
         cache_dir=str(cache_dir) if cache_dir is not None else None,
     )

@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from selection import storage
+from selection.contract import StorageLocation
 
 TINY_SCHEME = "tiny:"
 COMPLETE_MARKER = ".dsel-complete"
@@ -151,16 +151,8 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith(("/", "./", "../", "~", "file://")) or os.path.exists(source)
 
 
-@dataclass(frozen=True)
-class StorageOptions:
-    """How to reach S3 for s3:// sources."""
-
-    endpoint: str | None = None
-    region: str | None = None
-
-
 def resolve_model_dir(
-    source: str, cache_dir: str | Path | None = None, s3: StorageOptions | None = None
+    source: str, cache_dir: str | Path | None = None, s3: StorageLocation | None = None
 ) -> Path | str:
     """A local directory for `source`, or the hub name unchanged for `from_pretrained` to fetch."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -172,8 +164,8 @@ def resolve_model_dir(
             )
         return _materialize(cache / "tiny" / f"{preset}-{_tiny_recipe_hash(preset)}", lambda d: build_tiny_model(preset, d))
     if source.startswith("s3://"):
-        opts = s3 or StorageOptions()
-        store = storage.open_store(source, endpoint_url=opts.endpoint, region=opts.region)
+        reach = s3 or StorageLocation(uri=source)
+        store = storage.open_store(source, endpoint_url=reach.endpoint, region=reach.region)
         keys = store.list_keys("")
         if not keys:
             raise ModelLoadError(f"model.source '{source}': no objects under this S3 prefix")
@@ -216,7 +208,7 @@ def load_model_and_tokenizer(
     revision: str | None = None,
     dtype: str = "auto",
     cache_dir: str | Path | None = None,
-    s3: StorageOptions | None = None,
+    s3: StorageLocation | None = None,
 ):
     """Load (model, tokenizer) for `source`; the model is on the chosen device, in eval mode."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -4,25 +4,22 @@ Nothing here talks to the cluster; `reconciler` adopts the results (owner refere
 and creates them. Names are deterministic so that creating an existing object is a no-op.
 
 Every pod runs `python -m selection.jobs <entrypoint> /etc/dsel/args.json`, where args.json is
-the `selection.jobs.context.JobArgs` document of the resource as it started, mounted from the
-ConfigMap. S3 credentials reach the pods only as `secretKeyRef` env vars: the operator never
-reads the Secret.
+the `selection.contract.JobArgs` document of the resource as it started, mounted from the
+ConfigMap; which stages exist and how each one runs is the table `selection.contract.STAGES`.
+S3 credentials reach the pods only as `secretKeyRef` env vars: the operator never reads the
+Secret.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from typing import Any
 
+from selection import contract
 from selection import spec as spec_module
-from selection.jobs.context import JobArgs
+from selection.contract import EXIT_BAD_INPUT, JobArgs, StorageLocation
 
 from selection_operator.settings import OperatorSettings
-
-STAGES = ("warmup", "extract", "reduce")
-# The worker entrypoint of each stage: extraction runs `shard` (extract + score one shard).
-ENTRYPOINTS = {"warmup": "warmup", "extract": "shard", "reduce": "reduce"}
 
 LABEL_SELECTION = "dsel.dev/selection"
 LABEL_STAGE = "dsel.dev/stage"
@@ -37,20 +34,9 @@ SCRATCH_DIR = "/tmp"
 # Non-root uid/gid of the job pods: the worker image's own user (images/worker.Dockerfile), set
 # explicitly so `runAsNonRoot` holds; the pods only write to their emptyDir volumes and /home/dsel.
 WORKER_UID = 65532
-# Exit code of the stage entrypoints for bad input (selection.jobs.runner.EXIT_BAD_INPUT):
-# retrying cannot help, so the pod failure policy fails the Job (or the index) at once.
-EXIT_BAD_INPUT = 2
+# The ConfigMap annotation keeping the storage location's credentials Secret (not in args.json).
+CREDENTIALS_SECRET_ANNOTATION = "dsel.dev/credentials-secret"
 SECRET_KEYS = {"AWS_ACCESS_KEY_ID": True, "AWS_SECRET_ACCESS_KEY": True, "AWS_SESSION_TOKEN": False}
-
-
-@dataclasses.dataclass(frozen=True)
-class StorageTarget:
-    """Where a selection's artifacts live, resolved from the spec and the operator's defaults."""
-
-    uri: str
-    endpoint: str | None
-    region: str | None
-    credentials_secret: str | None
 
 
 def job_name(selection: str, stage: str) -> str:
@@ -69,7 +55,7 @@ def labels(selection: str, stage: str | None = None) -> dict[str, str]:
     return found
 
 
-def resolve_storage(resource: spec_module.DataSelection, settings: OperatorSettings) -> StorageTarget:
+def resolve_storage(resource: spec_module.DataSelection, settings: OperatorSettings) -> StorageLocation:
     """The spec's storage section, with the operator's defaults for what it leaves open.
 
     Raises SpecError naming `spec.storage.uri` when there is no S3 location: job pods on
@@ -87,7 +73,7 @@ def resolve_storage(resource: spec_module.DataSelection, settings: OperatorSetti
         raise spec_module.SpecError(
             [("spec.storage.uri", f"must be an s3:// URI on Kubernetes (job pods share artifacts through S3), got {uri!r}")]
         )
-    return StorageTarget(
+    return StorageLocation(
         uri=uri.rstrip("/"),
         endpoint=storage.endpoint or settings.s3_endpoint,
         region=storage.region or settings.s3_region,
@@ -114,17 +100,12 @@ def started_resource(resource: spec_module.DataSelection) -> spec_module.DataSel
     return spec_module.parse_selection(manifest)
 
 
-def arguments_document(resource: spec_module.DataSelection, storage: StorageTarget) -> dict[str, Any]:
+def arguments_document(resource: spec_module.DataSelection, storage: StorageLocation) -> dict[str, Any]:
     """The JobArgs document every stage reads (shard comes from JOB_COMPLETION_INDEX)."""
-    return JobArgs(
-        resource=started_resource(resource),
-        storage_uri=storage.uri,
-        endpoint=storage.endpoint,
-        region=storage.region,
-    ).to_document()
+    return JobArgs(resource=started_resource(resource), storage=storage).to_document()
 
 
-def build_config_map(resource: spec_module.DataSelection, storage: StorageTarget) -> dict[str, Any]:
+def build_config_map(resource: spec_module.DataSelection, storage: StorageLocation) -> dict[str, Any]:
     """The arguments ConfigMap; immutable, so it also records the spec the selection started with."""
     document = arguments_document(resource, storage)
     return {
@@ -134,14 +115,14 @@ def build_config_map(resource: spec_module.DataSelection, storage: StorageTarget
             "name": config_map_name(resource.name),
             "namespace": resource.metadata.namespace,
             "labels": labels(resource.name),
-            "annotations": {"dsel.dev/credentials-secret": storage.credentials_secret or ""},
+            "annotations": {CREDENTIALS_SECRET_ANNOTATION: storage.credentials_secret or ""},
         },
         "immutable": True,
         "data": {ARGS_FILE: json.dumps(document, indent=2, sort_keys=True) + "\n"},
     }
 
 
-def _env(storage: StorageTarget) -> list[dict[str, Any]]:
+def _env(storage: StorageLocation) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "DSEL_CACHE_DIR", "value": CACHE_DIR},
         {"name": "HOME", "value": SCRATCH_DIR},
@@ -169,13 +150,12 @@ def _container_resources(resources: spec_module.ResourcesSpec) -> dict[str, Any]
     return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
 
 
-def _pod_failure_policy(stage: str) -> dict[str, Any]:
+def _pod_failure_policy(stage: contract.Stage) -> dict[str, Any]:
     """Bad input fails at once; evictions and preemptions do not count against the retries."""
-    fail = "FailIndex" if stage == "extract" else "FailJob"
     return {
         "rules": [
             {
-                "action": fail,
+                "action": stage.failure_action,
                 "onExitCodes": {"containerName": CONTAINER_NAME, "operator": "In", "values": [EXIT_BAD_INPUT]},
             },
             {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
@@ -184,25 +164,24 @@ def _pod_failure_policy(stage: str) -> dict[str, Any]:
 
 
 def build_job(
-    stage: str,
+    stage_name: str,
     resource: spec_module.DataSelection,
-    storage: StorageTarget,
+    storage: StorageLocation,
     settings: OperatorSettings,
 ) -> dict[str, Any]:
-    """One stage's Job; extraction is an Indexed Job with one completion per shard."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    """One stage's Job; an indexed stage (extraction) has one completion per shard."""
+    stage = contract.stage_named(stage_name)
     spec = resource.spec
     res = spec.resources
-    name = job_name(resource.name, stage)
-    job_labels = labels(resource.name, stage)
+    name = job_name(resource.name, stage.name)
+    job_labels = labels(resource.name, stage.name)
     if res.queue_name:
         job_labels[LABEL_QUEUE] = res.queue_name
     container = {
         "name": CONTAINER_NAME,
         "image": res.image or settings.worker_image,
         "command": ["python", "-m", "selection.jobs"],
-        "args": [ENTRYPOINTS[stage], f"{ARGS_DIR}/{ARGS_FILE}"],
+        "args": [stage.entrypoint, f"{ARGS_DIR}/{ARGS_FILE}"],
         "env": _env(storage),
         "volumeMounts": [
             {"name": "args", "mountPath": ARGS_DIR, "readOnly": True},
@@ -252,16 +231,11 @@ def build_job(
         "template": {"metadata": {"labels": dict(job_labels)}, "spec": pod_spec},
         "podFailurePolicy": _pod_failure_policy(stage),
     }
-    if stage == "extract":
-        shards = spec.gradients.shards
-        job_spec.update(
-            completionMode="Indexed",
-            completions=shards,
-            parallelism=shards,
-            backoffLimitPerIndex=res.backoff_limit_per_index,
-        )
-    else:
-        job_spec.update(completions=1, parallelism=1, backoffLimit=res.backoff_limit_per_index)
+    completions = stage.completions(spec.gradients.shards)
+    job_spec.update(completions=completions, parallelism=completions)
+    job_spec[stage.retry_limit_field] = res.backoff_limit_per_index
+    if stage.indexed:
+        job_spec["completionMode"] = "Indexed"
     if res.queue_name:
         job_spec["suspend"] = True  # Kueue admits (unsuspends) the Job when its quota allows
     if settings.job_ttl_seconds is not None:

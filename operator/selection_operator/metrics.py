@@ -17,7 +17,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from selection_operator import manifests, phases
+from selection import contract
+
+from selection_operator import phases
 
 # Stages run from seconds (tiny demos) to many hours (gradients of a large pool).
 DURATION_BUCKETS = (10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200, 86400)
@@ -86,7 +88,7 @@ class Metrics:
     def record(self, old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> None:
         """Count what changed between two statuses of one DataSelection."""
         old_stages = (old or {}).get("stages") or {}
-        for stage in manifests.STAGES:
+        for stage in contract.STAGE_NAMES:
             before = old_stages.get(stage) or {}
             after = (new.get("stages") or {}).get(stage) or {}
             if not after:

@@ -20,20 +20,18 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from selection import artifacts
+from selection import artifacts, contract
 from selection import spec as spec_module
+from selection.contract import StorageLocation
 
 from selection_operator import manifests, status as conditions
 from selection_operator.settings import OperatorSettings
 
 PENDING = "Pending"
-WARMUP = "Warmup"
-EXTRACTING = "Extracting"
-REDUCING = "Reducing"
+WARMUP, EXTRACTING, REDUCING = (stage.phase for stage in contract.STAGES)  # while each stage runs
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
 TERMINAL = (SUCCEEDED, FAILED)
-PHASE_OF_STAGE = {"warmup": WARMUP, "extract": EXTRACTING, "reduce": REDUCING}
 
 # Stage record states in status.stages.<stage>.state
 STATE_PENDING = "Pending"
@@ -147,7 +145,7 @@ class Needs:
 class Plan:
     status: dict[str, Any]
     resource: spec_module.DataSelection | None = None  # the spec as started, for building Jobs
-    storage: manifests.StorageTarget | None = None
+    storage: StorageLocation | None = None
     create_config_map: bool = False
     create_jobs: tuple[str, ...] = ()
     events: tuple[Event, ...] = ()
@@ -175,7 +173,7 @@ class _Draft:
         self.create_jobs: list[str] = []
         self.create_config_map = False
         self.resource: spec_module.DataSelection | None = None
-        self.storage: manifests.StorageTarget | None = None
+        self.storage: StorageLocation | None = None
         self.needs: Needs | None = None
         self.idle = False
 
@@ -244,13 +242,13 @@ class _Draft:
     def _load_or_start(self) -> None:
         if self.obs.started is not None:
             self.resource = self._started_resource()
-            stored = self.obs.started.get("storage") or {}
-            self.storage = manifests.StorageTarget(
-                uri=stored.get("uri") or "",
-                endpoint=stored.get("endpoint"),
-                region=stored.get("region"),
-                credentials_secret=self.obs.started_secret,
-            )
+            try:
+                self.storage = StorageLocation.from_document(
+                    self.obs.started.get("storage"), credentials_secret=self.obs.started_secret,
+                    source=f"ConfigMap {manifests.config_map_name(self.name)}",
+                )
+            except contract.JobArgumentError as error:
+                self._fail("ArgumentsUnreadable", str(error), "failed")
             return
         if self.old.get("startTime") and self.generation != self.old.get("startedGeneration"):
             self._fail(
@@ -319,18 +317,18 @@ class _Draft:
             return
         shards = self.resource.spec.gradients.shards
         stages = self.status.setdefault("stages", {})
-        for stage in manifests.STAGES:
-            total = shards if stage == "extract" else 1
-            record = stages.setdefault(stage, {})
-            record.setdefault("job", self._job_name(stage))
+        for stage in contract.STAGES:
+            total = stage.completions(shards)
+            record = stages.setdefault(stage.name, {})
+            record.setdefault("job", self._job_name(stage.name))
             record.setdefault("state", STATE_PENDING)
             record.setdefault("shards", {"total": total, "succeeded": 0, "failed": 0})
             record.setdefault("podFailures", 0)
             if record["state"] == STATE_SUCCEEDED:
                 continue
-            job = self.obs.jobs.get(stage)
+            job = self.obs.jobs.get(stage.name)
             if job is None:
-                self.create_jobs.append(stage)
+                self.create_jobs.append(stage.name)
                 record["state"] = STATE_PENDING
                 self._running(stage, None)
                 return
@@ -346,8 +344,8 @@ class _Draft:
             return
         self._finish()
 
-    def _record_job(self, stage: str, record: dict[str, Any], job: JobState, total: int) -> None:
-        if stage == "extract":
+    def _record_job(self, stage: contract.Stage, record: dict[str, Any], job: JobState, total: int) -> None:
+        if stage.indexed:
             succeeded = len(job.completed_indexes) if job.completed_indexes else min(job.succeeded, total)
             failed = len(job.failed_indexes)
         else:
@@ -357,24 +355,23 @@ class _Draft:
         previous = int(record.get("podFailures") or 0)
         if job.failed > previous:
             limit = self.resource.spec.resources.backoff_limit_per_index if self.resource else "?"
-            what = "backoffLimitPerIndex" if stage == "extract" else "backoffLimit"
             self.events.append(Event(
                 "Warning", "PodFailed",
-                f"{stage}: {job.failed - previous} more failed pod(s) in Job {job.name} "
-                f"({job.failed} in total; {what}={limit})",
+                f"{stage.name}: {job.failed - previous} more failed pod(s) in Job {job.name} "
+                f"({job.failed} in total; {stage.retry_limit_field}={limit})",
             ))
             record["podFailures"] = job.failed
         for key, value in (("startTime", job.start_time), ("completionTime", job.completion_time or job.failure_time)):
             if value:
                 record[key] = value
 
-    def _running(self, stage: str, job: JobState | None) -> None:
-        name = self._job_name(stage)
-        if stage == "extract":
-            record = self.status["stages"]["extract"]["shards"]
-            progress = f"{record['succeeded']}/{record['total']} shards"
+    def _running(self, stage: contract.Stage, job: JobState | None) -> None:
+        name = self._job_name(stage.name)
+        if stage.indexed:
+            record = self.status["stages"][stage.name]["shards"]
+            progress = f"{record['succeeded']}/{record['total']} {stage.progress}"
         else:
-            progress = "warmup" if stage == "warmup" else "reducing"
+            progress = stage.progress
         if job is None:
             message = f"creating Job {name}"
         elif job.suspended:
@@ -384,27 +381,28 @@ class _Draft:
         elif not job.start_time:
             message = f"waiting for Job {name} to start"
         else:
-            message = f"Job {name} is running" + (f": {progress} done" if stage == "extract" else "")
-        phase = PHASE_OF_STAGE[stage]
-        if stage == "warmup" and (job is None or job.suspended or not job.start_time):
+            message = f"Job {name} is running" + (f": {progress} done" if stage.indexed else "")
+        phase = stage.phase
+        # Until its first Job starts, the selection as a whole is still pending.
+        if stage is contract.STAGES[0] and (job is None or job.suspended or not job.start_time):
             phase = PENDING
             progress = "queued" if job is not None and job.suspended else "pending"
         self._set_phase(phase, message, progress)
 
-    def _stage_failed(self, stage: str, job: JobState) -> None:
+    def _stage_failed(self, stage: contract.Stage, job: JobState) -> None:
         detail = self.obs.failure
         if detail is None:
-            self.needs = Needs(failure_of=stage)
+            self.needs = Needs(failure_of=stage.name)
             raise _Stop
         shard = detail.shard
-        if shard is None and stage == "extract" and job.failed_indexes:
+        if shard is None and stage.indexed and job.failed_indexes:
             shard = min(job.failed_indexes)
-        where = f"{stage} failed" + (f": shard {shard}" if shard is not None else "")
+        where = f"{stage.name} failed" + (f": shard {shard}" if shard is not None else "")
         facts = [f"pod {detail.pod}"] if detail.pod else [f"Job {job.name}"]
         if detail.exit_code is not None:
             facts.append(f"exit code {detail.exit_code}")
         reason = detail.line or ": ".join(x for x in (job.failure_reason, job.failure_message) if x) or "no reason given"
-        progress = f"shard {shard} failed" if shard is not None else f"{stage} failed"
+        progress = f"shard {shard} failed" if shard is not None else f"{stage.name} failed"
         self._fail("StageFailed", f"{where} ({', '.join(facts)}): {reason}", progress)
 
     def _finish(self) -> None:

@@ -17,6 +17,8 @@ from typing import Any
 
 import kopf
 
+from selection import contract
+
 from selection_operator import cluster as cluster_module
 from selection_operator import manifests, phases, results
 from selection_operator.metrics import Metrics
@@ -103,7 +105,8 @@ async def failure_detail(
 ) -> phases.FailureDetail:
     """The failed pod of a stage and the last line of its error (termination message or log)."""
     selector = f"job-name={job.name}"
-    shard = min(job.failed_indexes) if stage == "extract" and job.failed_indexes else None
+    indexed = contract.stage_named(stage).indexed
+    shard = min(job.failed_indexes) if indexed and job.failed_indexes else None
     if shard is not None:
         selector += f",batch.kubernetes.io/job-completion-index={shard}"
     pods = [p for p in await cluster.list_pods(namespace, selector) if (p.get("status") or {}).get("phase") == "Failed"]
@@ -119,7 +122,7 @@ async def failure_detail(
     line = _last_line(terminated.get("message"))
     if line is None and pod_name:
         line = _last_line(await cluster.pod_log_tail(namespace, pod_name, manifests.CONTAINER_NAME))
-    if shard is None and stage == "extract":
+    if shard is None and indexed:
         index = (pod.get("metadata", {}).get("labels") or {}).get("batch.kubernetes.io/job-completion-index")
         shard = int(index) if index is not None and str(index).isdigit() else None
     exit_code = terminated.get("exitCode")
@@ -134,13 +137,14 @@ async def observe(ctx: Context, resource: Mapping[str, Any]) -> tuple[phases.Obs
     jobs_by_stage: dict[str, dict] = {}
     for job in await ctx.cluster.list_owned("batch/v1", "Job", namespace, name):
         stage = (job.get("metadata", {}).get("labels") or {}).get(manifests.LABEL_STAGE)
-        if stage in manifests.STAGES and owned_by(job, uid):
+        if stage in contract.STAGE_NAMES and owned_by(job, uid):
             jobs_by_stage[stage] = job
     started = secret = None
     config_map = await ctx.cluster.get("v1", "ConfigMap", namespace, manifests.config_map_name(name))
     if config_map is not None and owned_by(config_map, uid):
         started = json.loads((config_map.get("data") or {}).get(manifests.ARGS_FILE) or "null")
-        secret = (config_map["metadata"].get("annotations") or {}).get("dsel.dev/credentials-secret") or None
+        annotations = config_map["metadata"].get("annotations") or {}
+        secret = annotations.get(manifests.CREDENTIALS_SECRET_ANNOTATION) or None
     observation = phases.Observation(
         resource=resource,
         started=started,

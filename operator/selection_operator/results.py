@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 from selection import artifacts, storage
+from selection.contract import StorageLocation
 
-from selection_operator.manifests import StorageTarget
 from selection_operator.phases import SelectionRead
 
 
-def read_selection(target: StorageTarget) -> SelectionRead:
+def read_selection(target: StorageLocation) -> SelectionRead:
     """selection.json, verified against its manifest; errors become a readable reason.
 
     Blocking (boto3): call it in a worker thread. Credentials come from the operator's own

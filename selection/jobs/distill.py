@@ -29,8 +29,9 @@ from typing import Any, Callable
 import numpy as np
 
 from selection import artifacts
+from selection.contract import ShardRange, shard_range
 from selection.jobs import extract
-from selection.jobs.context import ShardRange, StageContext, shard_range
+from selection.jobs.context import StageContext
 
 
 def landmarks(ctx: StageContext) -> np.ndarray:

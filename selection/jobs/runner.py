@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from selection.jobs.context import JobArgs, StageContext, read_job_args
+from selection.contract import EXIT_BAD_INPUT, JobArgs, JobArgumentError, read_job_args
+from selection.jobs.context import StageContext
 
-EXIT_BAD_INPUT = 2
 TERMINATION_LOG = Path("/dev/termination-log")  # Kubernetes shows it in the pod's status
 
 log = logging.getLogger("dsel.jobs")
@@ -19,7 +19,6 @@ log = logging.getLogger("dsel.jobs")
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean bad input or a refused rerun: reported in one line, exit code 2."""
     from selection import artifacts, data, spec, storage
-    from selection.jobs.context import JobArgumentError
     from selection.models import ModelLoadError
     from selection.reduce import ReductionError
 

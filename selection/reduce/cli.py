@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from selection.contract import EXIT_BAD_INPUT
+
 DESCRIPTION = """\
 Select training examples from an attribution matrix A (N training examples x M validation
 examples) with one of the reductions of docs/algorithms.md §9-§14, and write the ordered
@@ -132,7 +134,7 @@ def add_reduce_parser(subparsers) -> argparse.ArgumentParser:
 
 def _fail(message: str) -> int:
     print(f"dsel reduce: error: {message}", file=sys.stderr)
-    return 2
+    return EXIT_BAD_INPUT
 
 
 def run_reduce(args: argparse.Namespace) -> int:

@@ -31,8 +31,10 @@ def main(argv: list[str]) -> int:
         print(f"dsel {stage}: error: stub failure{where}: injected by the test", file=sys.stderr, flush=True)
         return int(os.environ.get("DSEL_STUB_EXIT", "1"))
     if stage == "shard" and index is None:
+        from selection.contract import EXIT_BAD_INPUT
+
         print("dsel shard: error: no JOB_COMPLETION_INDEX", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     if stage == "reduce":
         from selection import artifacts, storage
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from selection import spec as spec_module
-from selection.jobs.context import JobArgs
+from selection.contract import JobArgs, StorageLocation
 from selection_operator import manifests
 from selection_operator.settings import OperatorSettings
 
@@ -29,7 +29,7 @@ def resource(**resources) -> spec_module.DataSelection:
     })
 
 
-STORAGE = manifests.StorageTarget("s3://b/art", "http://s3.local:9000", None, "s3-creds")
+STORAGE = StorageLocation("s3://b/art", "http://s3.local:9000", None, "s3-creds")
 
 
 def pod(job: dict) -> dict:
@@ -42,7 +42,7 @@ def test_configmap_holds_the_job_arguments_document():
     assert config_map["metadata"]["labels"]["dsel.dev/selection"] == "demo"
     document = json.loads(config_map["data"]["args.json"])
     args = JobArgs.from_document(document)  # exactly what the worker will parse
-    assert args.storage_uri == "s3://b/art" and args.endpoint == "http://s3.local:9000" and args.shard is None
+    assert args.storage.uri == "s3://b/art" and args.storage.endpoint == "http://s3.local:9000" and args.shard is None
     assert args.resource.spec == resource().spec
     assert document["resource"]["metadata"] == {"name": "demo", "namespace": "ns"}  # no live metadata
     assert config_map["metadata"]["annotations"]["dsel.dev/credentials-secret"] == "s3-creds"
@@ -109,7 +109,7 @@ def test_credentials_are_referenced_never_copied():
                                         "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}}}
     assert env["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
     assert all("value" not in e for e in env.values() if e["name"].startswith("AWS_"))
-    no_secret = manifests.build_job("reduce", resource(), manifests.StorageTarget("s3://b", None, None, None), SETTINGS)
+    no_secret = manifests.build_job("reduce", resource(), StorageLocation("s3://b", None, None, None), SETTINGS)
     assert not [e for e in pod(no_secret)["containers"][0]["env"] if e["name"].startswith("AWS_")]
 
 
@@ -129,7 +129,7 @@ def test_storage_resolution_uses_operator_defaults():
         "spec": {"model": {"source": "m"}, "data": {"train": "s3://b/t", "validation": [{"uri": "s3://b/v"}]},
                  "selection": {"budget": 1}},
     })
-    assert manifests.resolve_storage(parsed, settings) == manifests.StorageTarget(
+    assert manifests.resolve_storage(parsed, settings) == StorageLocation(
         "s3://shared/root/team/n", "http://e", "r", "default")
     with pytest.raises(spec_module.SpecError) as raised:
         manifests.resolve_storage(parsed, OperatorSettings())

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from selection import artifacts, storage
+from selection.contract import JobArgs, StorageLocation
 from selection.jobs.__main__ import main as jobs_main
-from selection.jobs.context import JobArgs
 from selection.local import run_selection
 
 from tests.jobs.conftest import DEMO_DIR, demo_resource
@@ -76,7 +76,7 @@ def test_job_entrypoints_with_one_shard_give_the_same_scores_and_selection(three
     root, three = three_shard_run
     args = JobArgs(
         resource=demo_resource(**{**DISTILLED, "gradients.shards": 1}),
-        storage_uri=str(tmp_path / "store"), base_dir=str(DEMO_DIR),
+        storage=StorageLocation(str(tmp_path / "store")), base_dir=str(DEMO_DIR),
     ).to_document()
     assert jobs_main(["warmup", json.dumps(args)]) == 0
     assert jobs_main(["shard", json.dumps({**args, "shard": 0})]) == 0

@@ -6,14 +6,15 @@ import torch
 
 from selection import artifacts
 from selection.jobs import warmup as warmup_stage
-from selection.jobs.context import JobArgs, StageContext
+from selection.contract import JobArgs, StorageLocation
+from selection.jobs.context import StageContext
 from selection.warmup import load_checkpoint, warmup_indices
 
 from tests.jobs.conftest import DEMO_DIR, demo_resource
 
 
 def context(resource, store) -> StageContext:
-    return StageContext(JobArgs(resource, str(store), base_dir=str(DEMO_DIR)))
+    return StageContext(JobArgs(resource, StorageLocation(str(store)), base_dir=str(DEMO_DIR)))
 
 
 def test_warmup_subset_is_seeded_and_sized():
