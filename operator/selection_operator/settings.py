@@ -16,6 +16,9 @@ The Helm chart sets these names (keep them stable):
     DSEL_JOB_TTL_SECONDS          ttlSecondsAfterFinished of the Jobs (default: keep them)
     DSEL_RESYNC_SECONDS           how often a running selection is re-checked even without Job
                                   events (default 30)
+    DSEL_POD_START_GRACE_SECONDS  how long a stage's pods may wait to start (missing Secret,
+                                  image pull errors, no service account, unschedulable) before
+                                  the stage fails (default 900)
 
 The operator process reads selection.json from S3 itself, so its own environment needs the usual
 AWS_* credentials (the chart passes them from the same Secret).
@@ -33,6 +36,9 @@ DEFAULT_METRICS_PORT = 9090
 # A running selection is re-read this often even when no Job event arrives: Job events wake the
 # operator at once, so this only bounds how long a missed event can go unnoticed.
 DEFAULT_RESYNC_SECONDS = 30.0
+# Pods that cannot start (CreateContainerConfigError, ImagePullBackOff, Unschedulable, ...) fail
+# their stage after this long: long enough for a cluster autoscaler to add a GPU node.
+DEFAULT_POD_START_GRACE_SECONDS = 900.0
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -64,6 +70,7 @@ class OperatorSettings:
     worker_service_account: str | None = None
     job_ttl_seconds: int | None = None
     resync_seconds: float = DEFAULT_RESYNC_SECONDS
+    pod_start_grace_seconds: float = DEFAULT_POD_START_GRACE_SECONDS
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "OperatorSettings":
@@ -87,15 +94,17 @@ class OperatorSettings:
                 raise SettingsError(f"{name}: {value} is outside {bound}")
             return value
 
-        resync_raw = text("DSEL_RESYNC_SECONDS")
-        resync = DEFAULT_RESYNC_SECONDS
-        if resync_raw is not None:
+        def seconds(name: str, default: float) -> float:
+            raw = text(name)
+            if raw is None:
+                return default
             try:
-                resync = float(resync_raw)
+                value = float(raw)
             except ValueError:
-                raise SettingsError(f"DSEL_RESYNC_SECONDS: expected seconds, got {resync_raw!r}") from None
-            if not resync > 0:
-                raise SettingsError(f"DSEL_RESYNC_SECONDS: must be positive, got {resync_raw!r}")
+                raise SettingsError(f"{name}: expected seconds, got {raw!r}") from None
+            if not 0 < value < float("inf"):
+                raise SettingsError(f"{name}: must be positive, got {raw!r}")
+            return value
 
         log_level = text("DSEL_LOG_LEVEL")
         if log_level is not None:
@@ -121,7 +130,8 @@ class OperatorSettings:
             log_level=log_level,
             worker_service_account=text("DSEL_WORKER_SERVICE_ACCOUNT"),
             job_ttl_seconds=integer("DSEL_JOB_TTL_SECONDS", None, 0),
-            resync_seconds=resync,
+            resync_seconds=seconds("DSEL_RESYNC_SECONDS", DEFAULT_RESYNC_SECONDS),
+            pod_start_grace_seconds=seconds("DSEL_POD_START_GRACE_SECONDS", DEFAULT_POD_START_GRACE_SECONDS),
         )
 
     @property

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 OPERATOR_PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "selection_operator"
-ALLOWED_FROM_SELECTION = {"selection.contract", "selection.spec", "selection.artifacts", "selection.storage"}
+# selection.redact: torch- and dependency-free, so status, Events and logs are redacted the same way.
+ALLOWED_FROM_SELECTION = {"selection.contract", "selection.spec", "selection.artifacts", "selection.storage", "selection.redact"}
 
 
 def modules_loaded_by(statement: str) -> set[str]:
