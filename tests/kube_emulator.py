@@ -27,7 +27,9 @@ requests (create, get, patch, put, delete) itself, and adds:
   `declare(crd)`); anything else is 404, like an API server without the CRD;
 * posting a CustomResourceDefinition makes its resource discoverable;
 * `GET /api/v1/namespaces` (list and watch), which kmock 0.8 cannot parse, answers with the
-  namespaces that objects live in (plus `default`).
+  namespaces that objects live in (plus `default`);
+* `calls`: every resource request as RBAC sees it (token, verb, group, resource, subresource,
+  namespace), for tests that compare what a client does with what its Role grants.
 
 * validation of what dsel's objects carry (`tests/kube_validation.py`): names, label keys and
   values, nodeSelector, tolerations and Job fields answer 422 Invalid with `details.causes`;
@@ -63,7 +65,7 @@ from kmock._internal import apps, enums, rendering  # kmock's request plumbing; 
 
 from tests import kube_validation
 
-__all__ = ["KubeEmulator", "LabelSelector", "go_json_numbers", "match_fields"]
+__all__ = ["ApiCall", "KubeEmulator", "LabelSelector", "go_json_numbers", "match_fields"]
 
 _PODS = kmock.resource("v1/pods")
 
@@ -191,10 +193,38 @@ def _content(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
 
 
+@attrs.frozen
+class ApiCall:
+    """One API request as RBAC sees it: who (the bearer token) asked for which verb on what."""
+
+    token: str | None
+    verb: str  # get list watch create update patch delete deletecollection
+    group: str  # "" for the core group
+    resource: str  # plural
+    subresource: str | None
+    namespace: str | None
+
+
+def _verb(method: str, name: str | None, params: Mapping[str, str]) -> str:
+    if method == "GET":
+        if name is not None:
+            return "get"
+        return "watch" if str(params.get("watch", "")).lower() in ("true", "1") else "list"
+    if method == "DELETE":
+        return "delete" if name is not None else "deletecollection"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, method.lower())
+
+
+def _token(headers: Mapping[str, str]) -> str | None:
+    value = headers.get("Authorization") or headers.get("authorization") or ""
+    return value.split(" ", 1)[1] if value.startswith("Bearer ") else None
+
+
 @attrs.define(kw_only=True)
 class KubeEmulator(kmock.KubernetesEmulator):
     """kmock's KubernetesEmulator with API-server semantics (see the module docstring)."""
 
+    calls: list[ApiCall] = attrs.field(factory=list, init=False)
     _rv: int = attrs.field(default=0, init=False)
     _history: dict[Any, collections.deque] = attrs.field(factory=dict, init=False)
     _subscribers: dict[Any, set] = attrs.field(factory=lambda: collections.defaultdict(set), init=False)
@@ -208,12 +238,18 @@ class KubeEmulator(kmock.KubernetesEmulator):
     # --- entry points ---------------------------------------------------------------------
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         if raw_request.method == "GET" and raw_request.path.rstrip("/") == "/api/v1/namespaces":
+            self.calls.append(ApiCall(_token(raw_request.headers), _verb("GET", None, raw_request.query), "",
+                                      "namespaces", None, None))
             return await self._serve_namespaces(raw_request)
         return await super().__call__(raw_request)
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         if request.resource is None or request.resource.plural is None:  # not an object: discovery etc.
             return await apps.RawHandler._handle(self, request)
+        self.calls.append(ApiCall(
+            _token(request.headers), _verb(str(request.method.value if hasattr(request.method, "value")
+                                               else request.method).upper(), request.name, request.params),
+            request.resource.group or "", request.resource.plural, request.subresource, request.namespace))
         request = self._normalize(request)
         try:
             self._check_resource(request)

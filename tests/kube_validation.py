@@ -10,7 +10,8 @@ API server (1.29-1.34) answers:
   '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'`;
 * **422 Invalid** with `details.causes` (reason, message, field) for validation errors: object
   names, label keys and values (metadata, pod templates, nodeSelector), tolerations (operator,
-  effect, key, value, tolerationSeconds), Job fields (restartPolicy, maxFailedIndexes).
+  effect, key, value, tolerationSeconds), service account names, Job fields (restartPolicy,
+  backoffLimitPerIndex, maxFailedIndexes).
 
 The messages are the apimachinery validation messages, so an operator that quotes the API's
 message shows what a user would see on a real cluster.
@@ -183,6 +184,9 @@ def _check_pod_spec(errors: _Errors, field: str, pod_spec: Mapping[str, Any], jo
         if not container.get("image"):
             errors.required(f"{field}.containers[{position}].image")
     _check_labels(errors, f"{field}.nodeSelector", pod_spec.get("nodeSelector"))
+    account = pod_spec.get("serviceAccountName")
+    if account and (len(account) > 253 or not _DNS1123_SUBDOMAIN.match(account)):
+        errors.invalid(f"{field}.serviceAccountName", account, _SUBDOMAIN_ERROR)
     _check_tolerations(errors, f"{field}.tolerations", pod_spec.get("tolerations"))
 
 

@@ -247,6 +247,8 @@ class LocalJobRunner:
         await asyncio.gather(*tasks, return_exceptions=True)
         for process in list(self._processes):
             self._kill(process)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(process.wait(), 10)  # reaped, so no "still running" warning
 
     def runs_of(self, job: str, index: int | None = None) -> list[PodRun]:
         return [r for r in self.runs if r.job == job and (index is None or r.index == index)]

@@ -236,6 +236,8 @@ def build_job(
     job_spec[stage.retry_limit_field] = res.backoff_limit_per_index
     if stage.indexed:
         job_spec["completionMode"] = "Indexed"
+        # Every shard is needed: the first one failed for good fails the Job, the others stop.
+        job_spec["maxFailedIndexes"] = 0
     if res.queue_name:
         job_spec["suspend"] = True  # Kueue admits (unsuspends) the Job when its quota allows
     if settings.job_ttl_seconds is not None:

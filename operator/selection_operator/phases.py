@@ -411,9 +411,16 @@ def _walk_stages(r: _Round) -> Plan:
         if job.failed_for_good:
             record["state"] = STATE_FAILED
             return _stage_failed(r, stage, job)
-        record["state"] = STATE_RUNNING if job.start_time and not job.suspended else STATE_PENDING
-        _running(r, stage, job)
-        return _watch_pods(r, stage, job)
+        waiting = None
+        if _may_wait(job):
+            if not r.obs.waiting_checked:
+                return r.plan(needs=Needs(waiting_of=stage.name))
+            waiting = r.obs.waiting
+        # Started (startTime) is not running: until one of its pods runs, a waiting stage is pending.
+        starting = waiting is not None and not job.ready and not job.succeeded
+        record["state"] = STATE_RUNNING if job.start_time and not job.suspended and not starting else STATE_PENDING
+        _running(r, stage, job, waiting if starting else None)
+        return _report_waiting(r, stage, job, waiting)
     return _finish(r)
 
 
@@ -439,7 +446,7 @@ def _record_job(r: _Round, stage: contract.Stage, record: dict[str, Any], job: J
             record[key] = value
 
 
-def _running(r: _Round, stage: contract.Stage, job: JobState | None) -> None:
+def _running(r: _Round, stage: contract.Stage, job: JobState | None, starting: Waiting | None = None) -> None:
     name = _job_name(r, stage.name)
     if stage.indexed:
         record = r.status["stages"][stage.name]["shards"]
@@ -454,11 +461,13 @@ def _running(r: _Round, stage: contract.Stage, job: JobState | None) -> None:
         progress = "queued"
     elif not job.start_time:
         message = f"waiting for Job {name} to start"
+    elif starting is not None:
+        message = f"the pods of Job {name} do not start: {starting.reason}"
     else:
         message = f"Job {name} is running" + (f": {progress} done" if stage.indexed else "")
     phase = stage.phase
     # Until its first Job starts, the selection as a whole is still pending.
-    if stage is contract.STAGES[0] and (job is None or job.suspended or not job.start_time):
+    if stage is contract.STAGES[0] and (job is None or job.suspended or not job.start_time or starting):
         phase = PENDING
         progress = "queued" if job is not None and job.suspended else "pending"
     _set_phase(r, phase, message, progress)
@@ -477,16 +486,10 @@ def _may_wait(job: JobState) -> bool:
     return job.active == 0 or (job.ready is not None and job.ready < job.active)
 
 
-def _watch_pods(r: _Round, stage: contract.Stage, job: JobState) -> Plan:
+def _report_waiting(r: _Round, stage: contract.Stage, job: JobState, waiting: Waiting | None) -> Plan:
     """Report pods that do not start (condition PodsReady, status.waiting); fail the stage once
     they have waited longer than the grace period, and stop its pods."""
     obs = r.obs
-    if not _may_wait(job):
-        _pods_ready(r, job)
-        return r.plan()
-    if not obs.waiting_checked:
-        return r.plan(needs=Needs(waiting_of=stage.name))
-    waiting = obs.waiting
     if waiting is None:
         _pods_ready(r, job)
         return r.plan()
@@ -495,11 +498,11 @@ def _watch_pods(r: _Round, stage: contract.Stage, job: JobState) -> Plan:
     r.status["waiting"] = waiting.reason
     since = conditions.find_condition(r.status["conditions"], conditions.PODS_READY).get("lastTransitionTime")
     grace = obs.settings.pod_start_grace_seconds
-    queued = job.suspended  # Kueue decides when; the grace period is for pods that cannot start
     previous = conditions.find_condition(r.old.get("conditions"), conditions.PODS_READY)
     if previous is None or previous.get("status") != "False" or previous.get("reason") != waiting.reason:
         r.events.append(Event("Warning", "PodsNotReady", f"{stage.name}: {message}"))
-    if queued or _seconds_since(since, obs.now) < grace:
+    # A queued Job waits for Kueue, which decides when; the grace period is for pods that cannot start.
+    if job.suspended or _seconds_since(since, obs.now) < grace:
         return r.plan()
     r.status["stages"][stage.name]["state"] = STATE_FAILED
     return _fail(

@@ -33,7 +33,7 @@ def kubeconfig(kube: KubeEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("KUBECONFIG", str(path))
     for name in ("DSEL_WORKER_IMAGE", "DSEL_DEFAULT_STORAGE_URI", "DSEL_S3_ENDPOINT", "DSEL_S3_REGION",
                  "DSEL_S3_CREDENTIALS_SECRET", "DSEL_LOG_LEVEL", "DSEL_WORKER_SERVICE_ACCOUNT",
-                 "DSEL_JOB_TTL_SECONDS", "DSEL_METRICS_ADDRESS"):
+                 "DSEL_JOB_TTL_SECONDS", "DSEL_METRICS_ADDRESS", "DSEL_POD_START_GRACE_SECONDS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DSEL_METRICS_PORT", "0")
     monkeypatch.setenv("DSEL_RESYNC_SECONDS", "2")
@@ -56,8 +56,10 @@ async def s3(kube: KubeEmulator, s3_bucket: tuple) -> AsyncIterator[dict]:
     from tests.controller.harness import credentials_secret
 
     server, bucket = s3_bucket
+    # The pods' credentials, not the operator's own (those are in this process's AWS_* env).
     async with kube.post("/api/v1/namespaces/default/secrets",
-                         json=credentials_secret(server.access_key, server.secret_key)) as response:
+                         json=credentials_secret(*server.identity("pods"))) as response:
         if response.status != 201:
             raise RuntimeError(f"cannot create the credentials Secret: {response.status} {await response.text()}")
-    yield {"server": server, "bucket": bucket, "endpoint": server.endpoint_url, "uri": f"s3://{bucket}/dsel"}
+    yield {"server": server, "bucket": bucket, "endpoint": server.endpoint_url, "uri": f"s3://{bucket}/dsel",
+           "secret_key": server.identity("pods")[1]}

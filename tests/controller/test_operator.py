@@ -79,7 +79,7 @@ async def test_selection_runs_through_all_phases(kube, api, s3, tmp_path):
     reasons = [e["reason"] for e in events_of(kube, "alpha")]
     assert reasons.count("PhaseChanged") >= 4 and "Succeeded" in reasons
     # Credentials travel only as secretKeyRef: never in status, events or the arguments.
-    secret_value = s3["server"].secret_key
+    secret_value = s3["secret_key"]
     config_map = kube.live_objects("v1/configmaps", "default")[0]
     for text in (json.dumps(obj), json.dumps(events_of(kube, "alpha")), json.dumps(config_map)):
         assert secret_value not in text
