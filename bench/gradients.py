@@ -123,7 +123,7 @@ def prepare(r: int, seq: int, count: int, adam_steps: int, seed: int):
     from transformers import AutoModelForCausalLM
 
     from selection import data
-    from selection.gradients.features import AdamPreconditioner
+    from selection.gradients.preconditioners import AdamPreconditioner
     from selection.loss import model_loss
     from selection.models import build_tiny_model, default_cache_dir
     from selection.spec import LoraSpec

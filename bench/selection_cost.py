@@ -144,7 +144,7 @@ def overlap(first: list[int], second: list[int]) -> float:
 def run_pool(name: str, document: dict, workdir: Path, threads: int | None, blocks: list[int]) -> PoolResult:
     import torch
 
-    from selection.jobs import extract, reduce, score, warmup
+    from selection.jobs import extract, score, warmup
     from selection.contract import JobArgs, StorageLocation
     from selection.jobs.context import StageContext
     from selection.reduce import resolve_budget
@@ -173,7 +173,7 @@ def run_pool(name: str, document: dict, workdir: Path, threads: int | None, bloc
         for shard in range(spec.gradients.shards):
             score.run(ctx, shard)
     print(f"[{name}] full: extraction {t['full: extract']}, scoring {t['full: score']}", flush=True)
-    full, _ = reduce._gather_scores(ctx)
+    full, _ = score.gather(ctx)
     full = np.asarray(full, dtype=np.float64)
     ctx.close()
     for count in blocks:

@@ -34,16 +34,9 @@ def _summary(document: dict[str, Any]) -> str:
 
 def _write_output(path: str, document: dict[str, Any]) -> None:
     """Write atomically: a reader never sees a half-written selection."""
-    import os
-    import tempfile
+    from selection.files import write_text_atomically
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(document, stream, indent=2)
-        stream.write("\n")
-    os.replace(temporary, target)
+    write_text_atomically(path, json.dumps(document, indent=2) + "\n")
 
 
 def _run(args: argparse.Namespace) -> int:

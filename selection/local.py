@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from selection.contract import JobArgs, StorageLocation
-from selection.jobs import distill, extract, reduce, score, warmup
+from selection.jobs import reduce, warmup
 from selection.jobs.context import StageContext
+from selection.jobs.methods import method_for
 from selection.spec import DataSelection
 
 DEFAULT_LOCAL_ROOT = ".dsel"
@@ -47,8 +48,8 @@ def run_selection(
 ) -> dict[str, Any]:
     """Run warmup, extraction, scoring and reduction; return the selection document.
 
-    With influence distillation, embeddings and landmark gradients replace extraction and
-    scoring (the same per-shard function the Indexed Job runs), and the reduction propagates.
+    Each shard runs the influence method's per-shard step (the one the Indexed Job runs: extract
+    and score, or embeddings and landmark gradients), then the reduction.
     """
     args = JobArgs(
         resource=resource,
@@ -69,18 +70,10 @@ def run_selection(
                 bar.update(1)
 
             warmup.run(ctx, progress=on_step)
-        if spec.uses_distillation:
-            with _bar(progress, distill.work_items(ctx), "distillation") as bar:
-                for shard in range(spec.gradients.shards):
-                    distill.run_shard(ctx, shard, progress=bar.update)
-        else:
-            epochs = len(ctx.epochs)
-            total = epochs * len(ctx.train_examples)  # validation features came with the warmup
-            with _bar(progress, total, "gradients") as bar:
-                for shard in range(spec.gradients.shards):
-                    extract.run(ctx, shard, progress=bar.update)
+        method = method_for(spec)
+        with _bar(progress, method.work_items(ctx), method.name) as bar:
             for shard in range(spec.gradients.shards):
-                score.run(ctx, shard)
+                method.fill_shard(ctx, shard, progress=bar.update)
         document = reduce.run(ctx)
         document = dict(document)
         document["artifacts"] = ctx.artifacts.store.uri

@@ -17,6 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from selection.reduce.registry import ALL_METHODS
+
 API_GROUP = "dsel.dev"
 API_VERSION = "v1alpha1"
 KIND = "DataSelection"
@@ -206,7 +208,7 @@ class DistillationSpec(_Section):
 class SelectionSpec(_Section):
     """How the attribution matrix becomes a subset (docs/algorithms.md §8-§14)."""
 
-    method: Literal["bids", "less", "quota", "random", "influence-distillation"] = Field(
+    method: Literal[ALL_METHODS] = Field(  # type: ignore[valid-type]  # the reducer registry's names
         default="bids",
         description=(
             "Reduction method. influence-distillation selects round robin over validation "

@@ -20,11 +20,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import urllib.parse
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+from selection.files import TMP_PREFIX, replace_atomically, staged
 
 __all__ = [
     "MANIFEST_NAME",
@@ -60,8 +61,6 @@ S3_READ_TIMEOUT_S = 60.0
 S3_MAX_ATTEMPTS = 3
 # Chunk size for hashing and copying local files, so large shards never sit in memory whole.
 _CHUNK = 1 << 20
-# Temporary files of atomic local writes start with this, so listings can skip them.
-_TMP_PREFIX = ".dsel-tmp-"
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
@@ -145,26 +144,6 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}/{name}" if prefix else name
 
 
-def _replace_atomically(target: Path, write: Any) -> None:
-    """Write via ``write(fileobj)`` into a temp file beside ``target``, then rename over it.
-
-    The temp file lives in the same directory so ``os.replace`` is a same-filesystem rename,
-    which readers observe as all-or-nothing.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _copy_from(path: Path) -> Any:
     def write(fh: Any) -> None:
         with open(path, "rb") as src:
@@ -216,7 +195,7 @@ class LocalStore:
     def put_bytes(self, key: str, data: bytes) -> None:
         path = self._path(key)
         try:
-            _replace_atomically(path, lambda fh: fh.write(data))
+            replace_atomically(path, lambda fh: fh.write(data))
         except OSError as exc:
             raise StorageError(f"cannot write {self.uri_for(key)}: {exc}") from exc
 
@@ -233,7 +212,7 @@ class LocalStore:
         target = self._path(key)
         source = _check_source(path)
         try:
-            _replace_atomically(target, _copy_from(source))
+            replace_atomically(target, _copy_from(source))
         except OSError as exc:
             raise StorageError(f"cannot write {self.uri_for(key)} from {source}: {exc}") from exc
 
@@ -242,7 +221,7 @@ class LocalStore:
         if not source.is_file():
             raise ArtifactNotFound(f"no object {self.uri_for(key)}")
         try:
-            _replace_atomically(Path(path), _copy_from(source))
+            replace_atomically(Path(path), _copy_from(source))
         except OSError as exc:
             raise StorageError(f"cannot copy {self.uri_for(key)} to {path}: {exc}") from exc
 
@@ -257,7 +236,7 @@ class LocalStore:
         keys = []
         for dirpath, _dirnames, filenames in os.walk(base):
             for name in filenames:
-                if name.startswith(_TMP_PREFIX):
+                if name.startswith(TMP_PREFIX):
                     continue
                 rel = Path(dirpath, name).relative_to(self.root)
                 keys.append(rel.as_posix())
@@ -498,18 +477,8 @@ class S3Store:
 
     def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
         full = self._key(key)
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=target.parent)
-        os.close(fd)
-        try:
-            with self._errors("download", key):
-                self.client.download_file(self.bucket, full, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        with staged(path) as temporary, self._errors("download", key):
+            self.client.download_file(self.bucket, full, os.fspath(temporary))
 
     def exists(self, key: str) -> bool:
         full = self._key(key)
@@ -767,16 +736,18 @@ def fetch_artifact(
     dest: str | os.PathLike[str],
     *,
     verify: bool = True,
+    manifest: Manifest | None = None,
 ) -> Manifest:
     """Download every file of a committed artifact into ``dest`` and check it.
 
     The manifest is written to ``dest`` last, so ``dest`` is itself a committed artifact of a
     LocalStore and a half-finished download is never mistaken for a complete one. A file that
-    fails verification is removed from ``dest`` before CorruptArtifact is raised.
+    fails verification is removed from ``dest`` before CorruptArtifact is raised. A caller that
+    has already read the manifest passes it, saving a second read.
     """
     prefix = _check_prefix(prefix, store.uri)
     where = store.uri_for(prefix)
-    manifest = _require_manifest(store, prefix)
+    manifest = manifest if manifest is not None else _require_manifest(store, prefix)
     local = LocalStore(dest)
     local.delete(MANIFEST_NAME)
     for name, entry in sorted(manifest.files.items()):
@@ -797,13 +768,13 @@ def fetch_artifact(
 
 
 def read_artifact_file(
-    store: ObjectStore, prefix: str, name: str, *, verify: bool = True
+    store: ObjectStore, prefix: str, name: str, *, verify: bool = True, manifest: Manifest | None = None
 ) -> bytes:
-    """One file of a committed artifact, checked against the manifest."""
+    """One file of a committed artifact, checked against the manifest (read unless given)."""
     prefix = _check_prefix(prefix, store.uri)
     where = store.uri_for(prefix)
     _check_artifact_name(name, where)
-    manifest = _require_manifest(store, prefix)
+    manifest = manifest if manifest is not None else _require_manifest(store, prefix)
     entry = manifest.files.get(name)
     if entry is None:
         raise ArtifactNotFound(f"artifact {where} has no file {name!r}")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.s3server import SeaweedS3
+from tests.support.s3server import SeaweedS3
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,8 @@ What happens to each per-example gradient block, layer by layer, as the backward
 1. Padding and prompt tokens: labels mask the loss (assistant tokens only), so their positions
    carry no gradient; the token mask is also applied to the r-sized factor of every product, so
    padding cannot leak in even numerically.
-2. Adam-aware features (docs/algorithms.md §5) are elementwise in the flattened gradient, so they are
-   applied to the block with the matching slice of the checkpoint's moments.
+2. Adam-aware features (docs/algorithms.md §5, §14.3) are elementwise in the flattened gradient, so a
+   `SegmentPreconditioner` is applied to the block with its matching slice of coordinates.
 3. The block is projected on its own (`SegmentProjector.project_segment`) and added to the (B, d)
    output: the full p-length gradient is never concatenated.
 So memory beyond a plain forward/backward is one (B, out, in) block at a time plus the (B, d)
@@ -24,7 +24,7 @@ output. The backward runs from `torch.autograd.grad` with the LoRA outputs u as 
 summed weight gradients a normal backward computes (and the engine would discard) are skipped.
 
 The frozen output layer and the cross-entropy are evaluated outside autograd in chunks
-(`selection.gradients.loss`), so no full-vocabulary logits graph is kept.
+(`selection.loss`), so no full-vocabulary logits graph is kept.
 
 Dropout is off (the model is put in eval mode for the call). Compute runs in the model's dtype
 on the model's device (bf16 on GPUs that support it: see `selection.models.pick_device_and_dtype`);
@@ -43,9 +43,9 @@ from typing import Callable
 
 import torch
 
-from selection.gradients.loss import DEFAULT_HEAD_CHUNK_BYTES, DecoderHead, head_gradient
-from selection.gradients.projection import Projector
-from selection.loss import model_loss
+from selection.loss import DEFAULT_HEAD_CHUNK_BYTES, DecoderHead, head_gradient, model_loss
+from selection.gradients.preconditioners import SegmentPreconditioner, SegmentTransform
+from selection.gradients.projection import IdentityProjector, Projector, SegmentProjector
 from selection.warmup import trainable_parameters
 
 log = logging.getLogger(__name__)
@@ -233,31 +233,13 @@ def backward_per_example(
             sink(segment, torch.zeros(rows, segment.numel, device=batch["input_ids"].device))
 
 
-class _AdamSegments:
-    """An AdamPreconditioner's moments on one device, pre-scaled for the per-segment formula."""
-
-    def __init__(self, precondition, device: torch.device):
-        from selection.gradients.features import ADAM_EPS
-
-        self.source = precondition
-        self.device = device
-        self.beta1, self.beta2 = precondition.beta1, precondition.beta2
-        self.scaled_m = precondition.exp_avg.to(device, torch.float32) * self.beta1
-        self.scaled_v = precondition.exp_avg_sq.to(device, torch.float32) * self.beta2 + ADAM_EPS
-
-    def apply(self, grads: torch.Tensor, offset: int, scratch: torch.Tensor) -> torch.Tensor:
-        """(b1 m + (1-b1) g) / sqrt(b2 v + (1-b2) g^2 + eps) on coordinates [offset, offset+n), in place."""
-        stop = offset + grads.shape[1]
-        torch.addcmul(self.scaled_v[offset:stop], grads, grads, value=1 - self.beta2, out=scratch).rsqrt_()
-        return grads.mul_(1 - self.beta1).add_(self.scaled_m[offset:stop]).mul_(scratch)
-
-
 class LoraGradientEngine:
     """FeatureExtractor computing every example's LoRA gradient from one batched backward.
 
     Equal to `ReferenceExtractor` up to float rounding (tests/unit/test_gradient_engine.py), for
-    any projector (segment-wise when it supports `project_segment`) and for plain, Adam-aware or
-    arbitrary preconditioners (the latter two by materializing the flattened gradient).
+    any projector and preconditioner. It streams layer by layer when the projector is a
+    `SegmentProjector` and the preconditioner is None or a `SegmentPreconditioner` (both Adam
+    transforms are); anything else is applied to the materialized flattened gradients.
     """
 
     def __init__(
@@ -270,7 +252,7 @@ class LoraGradientEngine:
         self.autocast_dtype = autocast_dtype
         self.max_rows = max_rows  # lowered after an out-of-memory error, kept for later batches
         self.head_chunk_bytes = head_chunk_bytes
-        self._adam: _AdamSegments | None = None
+        self._segments: tuple[SegmentPreconditioner, torch.device, SegmentTransform] | None = None
         self.workspace = Workspace()
 
     def __call__(self, model, batch, projector: Projector, precondition) -> torch.Tensor:
@@ -291,20 +273,15 @@ class LoraGradientEngine:
             start += size
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def _adam_segments(self, precondition, device: torch.device, total: int) -> _AdamSegments:
-        if self._adam is None or self._adam.source is not precondition or self._adam.device != device:
-            if precondition.exp_avg.numel() != total or precondition.exp_avg_sq.numel() != total:
-                raise ValueError(
-                    f"gradient engine: the Adam moments have {precondition.exp_avg.numel()} entries, "
-                    f"the model has {total} LoRA parameters"
-                )
-            self._adam = None  # free the previous checkpoint's moments first
-            self._adam = _AdamSegments(precondition, device)
-        return self._adam
+    def _segment_transform(self, precondition: SegmentPreconditioner, device: torch.device, total: int):
+        """The preconditioner's per-device state, kept while the same preconditioner is in use."""
+        cached = self._segments
+        if cached is None or cached[0] is not precondition or cached[1] != device:
+            self._segments = None  # free the previous checkpoint's state first
+            self._segments = (precondition, device, precondition.on_device(device, total))
+        return self._segments[2]
 
     def _run(self, model, batch, projector: Projector, precondition) -> torch.Tensor:
-        from selection.gradients.features import AdamPreconditioner
-
         rows = batch["input_ids"].shape[0]
         device = batch["input_ids"].device
         total = sum(s.numel for s in lora_segments(model))
@@ -313,17 +290,17 @@ class LoraGradientEngine:
                 f"gradient engine: the projector expects {projector.input_dim} coordinates, "
                 f"the model has {total} LoRA parameters"
             )
-        streaming = hasattr(projector, "project_segment") and (
-            precondition is None or isinstance(precondition, AdamPreconditioner)
+        streaming = isinstance(projector, SegmentProjector) and (
+            precondition is None or isinstance(precondition, SegmentPreconditioner)
         )
         if streaming:
             out = torch.zeros(rows, projector.output_dim, dtype=torch.float32, device=device)
-            adam = self._adam_segments(precondition, device, total) if precondition is not None else None
+            transform = self._segment_transform(precondition, device, total) if precondition is not None else None
 
             def sink(segment: LoraSegment, grads: torch.Tensor) -> None:
-                if adam is not None:
-                    scratch = self.workspace.get("adam", grads.shape, torch.float32, device)
-                    grads = adam.apply(grads, segment.offset, scratch)
+                if transform is not None:
+                    scratch = self.workspace.get("precondition", grads.shape, torch.float32, device)
+                    grads = transform.apply(grads, segment.offset, scratch)
                 projector.project_segment(grads, segment.offset, out, consume=True)
 
         else:
@@ -345,8 +322,6 @@ class LoraGradientEngine:
 
 def per_example_gradients(model, batch, precondition=None, **engine_options) -> torch.Tensor:
     """Unprojected per-example gradients (B, p) (Adam-aware with an AdamPreconditioner), float32."""
-    from selection.gradients.projection import IdentityProjector
-
     total = sum(s.numel for s in lora_segments(model))
     return LoraGradientEngine(**engine_options)(model, batch, IdentityProjector(total), precondition)
 

@@ -9,53 +9,17 @@ and projection) is the one the pipeline uses (`default_extractor`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from selection.data import Tokenized, collate
+from selection.gradients.engine import LoraGradientEngine
+from selection.gradients.preconditioners import Preconditioner
 from selection.gradients.projection import Projector
 from selection.loss import model_loss
-from selection.warmup import Checkpoint, trainable_parameters
-
-ADAM_EPS = 1e-8  # inside the square root, as LESS does (docs/algorithms.md §5)
-
-
-@dataclass(frozen=True)
-class AdamPreconditioner:
-    """LESS's Adam-aware gradient: (b1*m + (1-b1)*g) / sqrt(b2*v + (1-b2)*g^2 + eps).
-
-    No bias correction and no learning rate: the update direction Adam would take next.
-    `exp_avg` and `exp_avg_sq` are flattened in the model's LoRA parameter order.
-    """
-
-    exp_avg: torch.Tensor
-    exp_avg_sq: torch.Tensor
-    beta1: float
-    beta2: float
-
-    def __call__(self, gradients: torch.Tensor) -> torch.Tensor:
-        m = self.exp_avg.to(gradients.device, torch.float32)
-        v = self.exp_avg_sq.to(gradients.device, torch.float32)
-        g = gradients.float()
-        return (self.beta1 * m + (1 - self.beta1) * g) / torch.sqrt(
-            self.beta2 * v + (1 - self.beta2) * g * g + ADAM_EPS
-        )
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint: Checkpoint, beta1: float, beta2: float) -> "AdamPreconditioner":
-        order = checkpoint.parameter_order
-        return cls(
-            exp_avg=torch.cat([checkpoint.exp_avg[name].reshape(-1).float() for name in order]),
-            exp_avg_sq=torch.cat([checkpoint.exp_avg_sq[name].reshape(-1).float() for name in order]),
-            beta1=beta1,
-            beta2=beta2,
-        )
-
-
-Preconditioner = Callable[[torch.Tensor], torch.Tensor]
+from selection.warmup import trainable_parameters
 
 
 class FeatureExtractor(Protocol):
@@ -133,6 +97,4 @@ def compute_features(
 
 def default_extractor() -> FeatureExtractor:
     """The extractor the pipeline uses: the batched engine (one backward per batch)."""
-    from selection.gradients.engine import LoraGradientEngine
-
     return LoraGradientEngine()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Callable
 
 from selection import artifacts
+from selection.artifacts import TRAIN_FEATURES, VALIDATION_FEATURES, WARMUP_CHECKPOINT
 from selection.jobs import runner
 from selection.jobs.context import StageContext
 
@@ -32,22 +33,22 @@ def _projector(ctx: StageContext, model):
 def _checkpoint(ctx: StageContext, epoch: int):
     from selection import warmup
 
-    return warmup.load_checkpoint(ctx.artifacts.fetch(artifacts.checkpoint_prefix(epoch)))
+    return warmup.load_checkpoint(WARMUP_CHECKPOINT.fetch(ctx.artifacts, epoch=epoch))
 
 
 def ensure_validation_features(
-    ctx: StageContext, model=None, tokenizer=None, progress=None, epochs: list[int] | None = None
+    ctx: StageContext, epochs: list[int], model=None, tokenizer=None, progress=None
 ) -> None:
-    """Plain validation features of `epochs` (default: every checkpoint) that are not finished.
+    """Plain validation features of the checkpoints `epochs` that are not finished.
 
-    With distillation only the last checkpoint is used (`ctx.validation_epochs` says which).
+    Gradient influence reads every checkpoint's, distillation only the last one's
+    (`selection.jobs.methods.InfluenceMethod.validation_epochs`).
     """
     from selection import warmup
     from selection.gradients.features import compute_features, default_extractor
 
-    store, fingerprint = ctx.artifacts, ctx.validation_fingerprint
-    wanted = ctx.validation_epochs if epochs is None else epochs
-    todo = [e for e in wanted if not store.is_done(artifacts.validation_features_prefix(e), fingerprint)]
+    store, fingerprints = ctx.artifacts, ctx.fingerprints
+    todo = [e for e in epochs if not VALIDATION_FEATURES.exists(store, fingerprints, epoch=e)]
     if not todo:
         return
     if model is None:
@@ -60,31 +61,35 @@ def ensure_validation_features(
             model, examples, extractor=default_extractor(), projector=projector, precondition=None,
             batch_size=ctx.spec.gradients.batch_size, pad_token_id=tokenizer.pad_token_id, progress=progress,
         )
-        store.save_arrays(
-            artifacts.validation_features_prefix(epoch),
+        VALIDATION_FEATURES.save_arrays(
+            store,
             {artifacts.FEATURES_FILE: features},
-            {"fingerprint": fingerprint, "epoch": epoch, "rows": len(examples),
-             "tasks": [e.task for e in ctx.validation_examples]},
+            artifacts.ValidationFeaturesMetadata(
+                fingerprint=fingerprints.validation, epoch=epoch, rows=len(examples),
+                tasks=[e.task for e in ctx.validation_examples],
+            ),
+            epoch=epoch,
         )
 
 
 def run(ctx: StageContext, shard: int, progress: Callable[[int], None] | None = None) -> None:
     """Features of shard `shard` for every checkpoint; finished (checkpoint, shard) pairs are skipped."""
     from selection import warmup
-    from selection.gradients.features import AdamPreconditioner, compute_features, default_extractor
+    from selection.gradients.features import compute_features, default_extractor
+    from selection.gradients.preconditioners import AdamPreconditioner
 
     g = ctx.spec.gradients
-    store, fingerprint = ctx.artifacts, ctx.train_fingerprint
+    store, fingerprints = ctx.artifacts, ctx.fingerprints
     rows = ctx.shard_range(shard)
     todo = [
         e for e in ctx.epochs
-        if not store.is_done(artifacts.train_features_prefix(e, shard, g.shards), fingerprint)
+        if not TRAIN_FEATURES.exists(store, fingerprints, epoch=e, shard=shard, shards=g.shards)
     ]
     if not todo:
-        ensure_validation_features(ctx)
+        ensure_validation_features(ctx, ctx.epochs)
         return
     model, tokenizer = _feature_model(ctx)
-    ensure_validation_features(ctx, model, tokenizer)
+    ensure_validation_features(ctx, ctx.epochs, model, tokenizer)
     examples = ctx.tokenize(tokenizer, ctx.train_examples[rows.start : rows.stop])
     projector = _projector(ctx, model)
     for epoch in todo:
@@ -98,10 +103,13 @@ def run(ctx: StageContext, shard: int, progress: Callable[[int], None] | None = 
             model, examples, extractor=default_extractor(), projector=projector, precondition=precondition,
             batch_size=g.batch_size, pad_token_id=tokenizer.pad_token_id, progress=progress,
         )
-        store.save_arrays(
-            artifacts.train_features_prefix(epoch, shard, g.shards),
+        TRAIN_FEATURES.save_arrays(
+            store,
             {artifacts.FEATURES_FILE: features},
-            {"fingerprint": fingerprint, "epoch": epoch, "start": rows.start, "stop": rows.stop},
+            artifacts.TrainFeaturesMetadata(
+                fingerprint=fingerprints.train, epoch=epoch, start=rows.start, stop=rows.stop
+            ),
+            epoch=epoch, shard=shard, shards=g.shards,
         )
 
 

@@ -1,23 +1,18 @@
-"""Extract then score one shard: what each completion of the Indexed extraction Job runs.
+"""One shard of the influence method: what each completion of the Indexed extraction Job runs.
 
-With influence distillation (`spec.uses_distillation`) a completion computes the shard's JVP
-embeddings and its slice of the landmark gradients instead (`selection.jobs.distill.run_shard`).
+Gradient influence extracts then scores the shard; influence distillation computes the shard's
+JVP embeddings and its slice of the landmark gradients (`selection.jobs.methods`).
 """
 
 from __future__ import annotations
 
-from selection.jobs import extract, runner, score
+from selection.jobs import runner
 from selection.jobs.context import StageContext
+from selection.jobs.methods import method_for
 
 
 def run(ctx: StageContext, shard: int) -> None:
-    if ctx.spec.uses_distillation:
-        from selection.jobs import distill
-
-        distill.run_shard(ctx, shard)
-        return
-    extract.run(ctx, shard)
-    score.run(ctx, shard)
+    method_for(ctx.spec).fill_shard(ctx, shard)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,8 +7,10 @@ from pathlib import Path
 from typing import Callable
 
 from selection import artifacts
+from selection.artifacts import WARMUP_CHECKPOINT
 from selection.jobs import extract, runner
 from selection.jobs.context import StageContext
+from selection.jobs.methods import method_for
 
 
 def run(ctx: StageContext, progress: Callable[[int, int], None] | None = None) -> list[str]:
@@ -22,11 +24,11 @@ def run(ctx: StageContext, progress: Callable[[int, int], None] | None = None) -
     ctx.preflight()
     spec = ctx.spec.warmup
     store = ctx.artifacts
-    fingerprint = ctx.warmup_fingerprint
-    prefixes = [artifacts.checkpoint_prefix(e) for e in ctx.epochs]
-    finished = [store.is_done(p, fingerprint) for p in prefixes]
+    validation_epochs = method_for(ctx.spec).validation_epochs(ctx)
+    prefixes = [WARMUP_CHECKPOINT.prefix(epoch=e) for e in ctx.epochs]
+    finished = [WARMUP_CHECKPOINT.exists(store, ctx.fingerprints, epoch=e) for e in ctx.epochs]
     if all(finished):
-        extract.ensure_validation_features(ctx)
+        extract.ensure_validation_features(ctx, validation_epochs)
         return prefixes
     last_done = max((e for e, done in zip(ctx.epochs, finished) if done), default=None)
     if last_done is not None and not all(finished[: last_done + 1]):
@@ -38,15 +40,18 @@ def run(ctx: StageContext, progress: Callable[[int, int], None] | None = None) -
     examples = ctx.tokenize(tokenizer, [ctx.train_examples[i] for i in subset])
     resume = None
     if last_done is not None:
-        resume = warmup.load_checkpoint(store.fetch(prefixes[last_done]))
+        resume = warmup.load_checkpoint(WARMUP_CHECKPOINT.fetch(store, epoch=last_done))
 
     def save(epoch: int, directory: Path) -> None:
         info = warmup.load_checkpoint(directory)
-        store.save_directory(
-            prefixes[epoch],
+        WARMUP_CHECKPOINT.save_directory(
+            store,
             directory,
-            {"fingerprint": fingerprint, "epoch": epoch, "step": info.step, "mean_lr": info.mean_lr,
-             "warmup_examples": len(subset)},
+            artifacts.CheckpointMetadata(
+                fingerprint=ctx.fingerprints.warmup, epoch=epoch, step=info.step, mean_lr=info.mean_lr,
+                warmup_examples=len(subset),
+            ),
+            epoch=epoch,
         )
 
     with tempfile.TemporaryDirectory(prefix="dsel-warmup-") as scratch:
@@ -54,7 +59,7 @@ def run(ctx: StageContext, progress: Callable[[int, int], None] | None = None) -
             model, examples, spec, tokenizer.pad_token_id,
             save=save, scratch=Path(scratch), resume_from=resume, progress=progress,
         )
-    extract.ensure_validation_features(ctx, model, tokenizer)
+    extract.ensure_validation_features(ctx, validation_epochs, model, tokenizer)
     return prefixes
 
 

@@ -1,16 +1,15 @@
-"""`reduce_matrix`: validate the inputs, run one method, attach the composition."""
+"""`reduce_matrix`: validate the inputs, run one method of the registry, attach the composition."""
 
 from __future__ import annotations
 
 import numbers
 from typing import Sequence
 
-from selection.reduce import bids, influence_distillation, simple
-from selection.reduce.base import (
-    ALL_METHODS, GRANULARITIES, ROUND_ROBIN, Reduction, ReductionError, resolve_budget,
-)
+from selection.reduce import simple
+from selection.reduce.base import GRANULARITIES, Reduction, ReductionError, resolve_budget
 from selection.reduce.matrix import as_matrix, check_tasks
 from selection.reduce.normalize import column_stats, task_groups  # not the module: `normalize` is a switch here
+from selection.reduce.registry import ALL_METHODS, REDUCERS, Problem
 
 
 def reduce_matrix(
@@ -46,34 +45,17 @@ def reduce_matrix(
     a = as_matrix(matrix)
     labels = check_tasks(tasks, a.shape[1])
     count = resolve_budget(budget, a.shape[0])
-    seeded = method in ("random", ROUND_ROBIN)
-    if seeded and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+    reducer = REDUCERS[method]
+    if reducer.seeded and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
         raise ReductionError(f"seed {seed!r} must be a non-negative integer", input="seed")
     stats = column_stats(a)  # also rejects NaN/inf, naming the first one
     groups = task_groups(labels)
-    if method == "bids":
-        indices = bids.bids_order(
-            a, stats, groups, count,
-            granularity=granularity, normalize_columns=bool(normalize), iterative=bool(iterative),
-        )
-        parameters = {
-            "method": method,
-            "granularity": granularity,
-            "normalize": bool(normalize),
-            "iterative": bool(iterative),
-        }
-    elif method == "less":
-        indices = simple.less_order(a, groups, count)
-        parameters = {"method": method}
-    elif method == "quota":
-        indices = simple.quota_order(a, stats, groups, count)
-        parameters = {"method": method}
-    elif method == ROUND_ROBIN:
-        indices = influence_distillation.round_robin_order(a, count, int(seed))
-        parameters = {"method": method, "seed": int(seed)}
-    else:
-        indices = simple.random_order(a.shape[0], count, int(seed))
-        parameters = {"method": method, "seed": int(seed)}
+    problem = Problem(
+        matrix=a, stats=stats, groups=groups, budget=count, granularity=granularity,
+        normalize=bool(normalize), iterative=bool(iterative), seed=int(seed) if reducer.seeded else seed,
+    )
+    indices = reducer.order(problem)
+    parameters = {"method": method, **reducer.parameters(problem)}
     return Reduction(
         method=method,
         budget=count,

@@ -9,12 +9,6 @@ from decimal import Decimal, InvalidOperation, localcontext
 
 import numpy as np
 
-METHODS = ("bids", "less", "quota", "random")
-# Influence Distillation's round robin (selection.reduce.influence_distillation, with its own
-# oracle naive_round_robin) reduces any N x M matrix too. It is kept out of METHODS, the
-# reductions whose oracles live in selection.reduce.naive and that tests iterate over.
-ROUND_ROBIN = "influence-distillation"
-ALL_METHODS = METHODS + (ROUND_ROBIN,)  # what reduce_matrix and `dsel reduce` accept
 GRANULARITIES = ("instance", "task")
 
 
@@ -34,7 +28,7 @@ class ReductionError(ValueError):
 class Reduction:
     """An ordered selection: what `selection.json` holds.
 
-    method: one of ALL_METHODS.
+    method: a name of `selection.reduce.registry.REDUCERS`.
     budget: the number of selected examples (a count, already resolved from a fraction).
     indices: selected training-example indices (0-based rows of A) in selection order.
     composition: for every task (sorted by name), how many selected examples are closest to

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from selection.contract import EXIT_BAD_INPUT
+from selection.files import write_text_atomically
 
 DESCRIPTION = """\
 Select training examples from an attribution matrix A (N training examples x M validation
@@ -73,7 +72,8 @@ def _seed(text: str) -> int:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    from selection.reduce.base import ALL_METHODS, GRANULARITIES
+    from selection.reduce.base import GRANULARITIES
+    from selection.reduce.registry import ALL_METHODS
 
     parser.add_argument(
         "--matrix", required=True, metavar="PATH",
@@ -174,7 +174,7 @@ def run_reduce(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
-        _write_atomically(output, text)
+        write_text_atomically(output, text)
     print(
         f"dsel reduce: {result.method} selected {result.budget} of {n} examples "
         f"in {time.perf_counter() - started:.2f} s"
@@ -182,18 +182,6 @@ def run_reduce(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:

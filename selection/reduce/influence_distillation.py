@@ -45,22 +45,8 @@ def round_robin_order(matrix: np.ndarray, budget: int, seed: int) -> list[int]:
     """The ordered selection of the module docstring's loop, computed from per-column rankings."""
     n, m = matrix.shape
     rankings = _column_rankings(matrix, budget)
-    taken = np.zeros(n, dtype=bool)
-    cursor = np.zeros(m, dtype=np.int64)
     rng = np.random.default_rng(seed)
-    order: list[int] = []
-    while len(order) < budget:
-        for j in rng.permutation(m):
-            if len(order) == budget:
-                break
-            ranking, p = rankings[j], cursor[j]
-            while taken[ranking[p]]:
-                p += 1
-            pick = int(ranking[p])
-            cursor[j] = p + 1
-            taken[pick] = True
-            order.append(pick)
-    return order
+    return normalize.round_robin(rankings, n, budget, lambda: rng.permutation(m))
 
 
 def naive_round_robin(matrix: np.ndarray, budget: int, seed: int) -> list[int]:

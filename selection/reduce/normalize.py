@@ -23,7 +23,7 @@ engines both call them, and everything else they compute is entrywise IEEE float
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -163,3 +163,27 @@ def top_order(values: np.ndarray, count: int) -> np.ndarray:
         entries = ranked[slots]
         ranked[slots] = entries[np.lexsort((entries, run))]
     return ranked
+
+
+def round_robin(rankings: Sequence[np.ndarray], n: int, budget: int, turns: Callable[[], Iterable[int]]) -> list[int]:
+    """Take turns until `budget` picks: in each round `turns()` says who picks in which order,
+    and a turn's pick is that list's highest-ranked row not taken yet (rankings: best first).
+
+    Fewer than `budget` rows are taken before any turn, so each ranking needs only its top
+    `budget` entries: a cursor per list moves past taken rows, O(total picks + skips).
+    """
+    taken = np.zeros(n, dtype=bool)
+    cursor = [0] * len(rankings)
+    order: list[int] = []
+    while len(order) < budget:
+        for k in turns():
+            if len(order) == budget:
+                break
+            ranking, p = rankings[k], cursor[k]
+            while taken[ranking[p]]:
+                p += 1
+            pick = int(ranking[p])
+            cursor[k] = p + 1
+            taken[pick] = True
+            order.append(pick)
+    return order

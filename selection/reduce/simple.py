@@ -43,21 +43,7 @@ def quota_order(matrix: np.ndarray, stats: ColumnStats, groups: TaskGroups, budg
     # Fewer than B examples are taken before any turn, so a task's pick is within its top B.
     rankings = [normalize.top_order(row, budget) for row in means]
     del means
-    taken = np.zeros(n, dtype=bool)
-    cursor = [0] * len(rankings)
-    order: list[int] = []
-    while len(order) < budget:
-        for k, ranking in enumerate(rankings):
-            if len(order) == budget:
-                break
-            p = cursor[k]
-            while taken[ranking[p]]:
-                p += 1
-            pick = int(ranking[p])
-            cursor[k] = p + 1
-            taken[pick] = True
-            order.append(pick)
-    return order
+    return normalize.round_robin(rankings, n, budget, lambda: range(len(rankings)))
 
 
 def random_order(n: int, budget: int, seed: int) -> list[int]:

@@ -12,7 +12,7 @@ import pytest_asyncio
 
 from selection.crd import build_crd
 from tests.controller.harness import write_kubeconfig
-from tests.kube_emulator import KubeEmulator
+from tests.support.kube_emulator import KubeEmulator
 
 
 @pytest_asyncio.fixture

@@ -9,7 +9,7 @@ from typing import Any
 import kubernetes
 import pytest
 
-from tests.kube_emulator import LabelSelector, match_fields
+from tests.support.kube_emulator import LabelSelector, match_fields
 
 CM = "/api/v1/namespaces/default/configmaps"
 JOBS = "/apis/batch/v1/namespaces/default/jobs"

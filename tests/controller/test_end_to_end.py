@@ -22,7 +22,7 @@ from selection import spec as spec_module
 from selection.local import run_selection
 from selection_operator import status as status_module
 from tests.controller.harness import CREDENTIALS_SECRET, pod_env, running_operator, start_operator, wait_for
-from tests.local_job_runner import LocalJobRunner
+from tests.support.local_job_runner import LocalJobRunner
 
 DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo"
 # The demo's stages take about a minute of CPU on a quiet 2-core machine; allow for a busy one.

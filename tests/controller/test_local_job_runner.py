@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from tests.controller.harness import wait_for
-from tests.local_job_runner import LocalJobRunner, index_ranges
+from tests.support.local_job_runner import LocalJobRunner, index_ranges
 
 JOBS = "/apis/batch/v1/namespaces/default/jobs"
 

@@ -19,8 +19,8 @@ from selection_operator import status as status_module
 from tests.controller.harness import (
     pod_env, running_operator, selection_body, start_operator, use_stub_worker, wait_for,
 )
-from tests.kube_emulator import KubeEmulator
-from tests.local_job_runner import LocalJobRunner
+from tests.support.kube_emulator import KubeEmulator
+from tests.support.local_job_runner import LocalJobRunner
 
 DSEL = "dsel.dev/v1alpha1/dataselections"
 GROUP, VERSION, PLURAL = "dsel.dev", "v1alpha1", "dataselections"

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from selection import artifacts, storage
 from selection.contract import JobArgs, StorageLocation
@@ -14,6 +13,7 @@ from selection.jobs.__main__ import main as jobs_main
 from selection.local import run_selection
 
 from tests.jobs.conftest import DEMO_DIR, demo_resource
+from tests.support.models import one_thread  # noqa: F401  (autouse)
 
 pytestmark = pytest.mark.slow
 TRAIN_LINES = (DEMO_DIR / "train.jsonl").read_text().splitlines()
@@ -27,15 +27,6 @@ def manifests(store, prefix: str) -> dict[str, bytes]:
 def distilled_scores(store_dir) -> np.ndarray:
     store = artifacts.ArtifactStore(storage.open_store(str(store_dir)), store_dir.parent / "scratch")
     return np.array(store.load_array(artifacts.DISTILLED_SCORES_PREFIX, artifacts.SCORES_FILE))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """A tiny model: one thread is as fast, and immune to OpenMP spinning on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -105,7 +105,7 @@ def test_killed_run_resumes_without_recomputing_finished_shards(three_shard_run,
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     store = storage.open_store(str(store_dir))
-    first_shard = artifacts.train_features_prefix(0, 0, 3)
+    first_shard = artifacts.TRAIN_FEATURES.prefix(epoch=0, shard=0, shards=3)
     deadline = time.monotonic() + 240
     try:
         while not storage.is_committed(store, first_shard):

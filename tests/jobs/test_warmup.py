@@ -28,8 +28,8 @@ def test_checkpoints_hold_name_keyed_adam_state(tmp_path):
     ctx = context(demo_resource(), tmp_path / "store")
     try:
         warmup_stage.run(ctx)
-        first = load_checkpoint(ctx.artifacts.fetch(artifacts.checkpoint_prefix(0)))
-        second = load_checkpoint(ctx.artifacts.fetch(artifacts.checkpoint_prefix(1)))
+        first = load_checkpoint(ctx.artifacts.fetch(artifacts.WARMUP_CHECKPOINT.prefix(epoch=0)))
+        second = load_checkpoint(ctx.artifacts.fetch(artifacts.WARMUP_CHECKPOINT.prefix(epoch=1)))
     finally:
         ctx.close()
     assert first.step == 4 and second.step == 8  # 60 examples / 16 per step, per epoch
@@ -46,12 +46,12 @@ def test_resumed_warmup_equals_an_uninterrupted_one(tmp_path):
     try:
         warmup_stage.run(whole)
         # simulate a crash after epoch 0: copy only that checkpoint into a fresh store
-        prefix = artifacts.checkpoint_prefix(0)
+        prefix = artifacts.WARMUP_CHECKPOINT.prefix(epoch=0)
         for key in whole.artifacts.store.list_keys(prefix):
             resumed.artifacts.store.put_bytes(key, whole.artifacts.store.get_bytes(key))
         warmup_stage.run(resumed)
-        a = load_checkpoint(whole.artifacts.fetch(artifacts.checkpoint_prefix(1)))
-        b = load_checkpoint(resumed.artifacts.fetch(artifacts.checkpoint_prefix(1)))
+        a = load_checkpoint(whole.artifacts.fetch(artifacts.WARMUP_CHECKPOINT.prefix(epoch=1)))
+        b = load_checkpoint(resumed.artifacts.fetch(artifacts.WARMUP_CHECKPOINT.prefix(epoch=1)))
     finally:
         whole.close()
         resumed.close()

@@ -18,43 +18,19 @@ from selection.distill.embeddings import (
     truncated,
 )
 from selection.gradients.projection import RademacherProjector
-from selection.spec import LoraSpec
-from selection.warmup import attach_lora, trainable_parameters
+from selection.warmup import trainable_parameters
 
-HIDDEN = 16
+from tests.support.models import TINY_HIDDEN, TINY_PAD, one_thread, tiny_lora_llama  # noqa: F401
+
+HIDDEN = TINY_HIDDEN
 LENGTHS = [9, 4, 13, 6, 11]  # right padding in every batch
-PAD = 0
+PAD = TINY_PAD
 FD_TOLERANCE = 1e-6  # relative; float64 central differences with step 1e-6 are good to ~1e-9
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and immune to OpenMP spinning on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_lora_model(layers: int = 2, dtype=torch.float64):
-    """A 2-layer Llama with LoRA adapters whose A and B are both random (B=0 would hide A)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=40, hidden_size=HIDDEN, intermediate_size=32, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=PAD,
-    )
-    torch.manual_seed(0)
-    model = attach_lora(LlamaForCausalLM(config), LoraSpec(r=2, alpha=4, dropout=0.1), seed=0)
-    with torch.no_grad():
-        for _, parameter in trainable_parameters(model):
-            parameter.normal_(std=0.3)
-    return model.to(dtype)  # left in train mode: the embedder must switch dropout off itself
 
 
 @pytest.fixture(scope="module")
 def model():
-    return tiny_lora_model()
+    return tiny_lora_llama()
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +130,7 @@ def test_seeded_directions_and_projection(model, examples):
 
 
 def test_float32_model_and_progress(examples):
-    model = tiny_lora_model(dtype=torch.float32)
+    model = tiny_lora_llama(dtype=torch.float32)
     seen = []
     out = JvpEmbedder(tangents=2)(model, examples, batch_size=2, pad_token_id=PAD, progress=seen.append)
     assert seen == [2, 2, 1] and np.isfinite(out).all()
@@ -163,7 +139,7 @@ def test_float32_model_and_progress(examples):
 
 
 def test_no_trainable_parameters_in_the_kept_blocks_is_an_error(examples):
-    model = tiny_lora_model()
+    model = tiny_lora_llama()
     with torch.no_grad():
         for name, parameter in trainable_parameters(model):
             if ".layers.0." in name:

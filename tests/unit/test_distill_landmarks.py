@@ -7,22 +7,15 @@ import pytest
 import torch
 
 from selection import data
-from selection.distill.landmarks import BiasCorrectedAdamPreconditioner, DiagonalScaledProjector, draw_landmarks
+from selection.distill.landmarks import draw_landmarks
 from selection.gradients.features import ReferenceExtractor, compute_features, default_extractor, lora_dim
+from selection.gradients.preconditioners import BiasCorrectedAdamPreconditioner, DiagonalScaledProjector
 from selection.gradients.projection import CountSketchProjector, IdentityProjector, RademacherProjector
 from selection.warmup import Checkpoint, trainable_parameters
 
-from tests.unit.test_distill_embeddings import tiny_lora_model
+from tests.support.models import one_thread, tiny_lora_llama  # noqa: F401  (one_thread: autouse)
 
 PAD = 0
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_landmarks_are_seeded_sorted_distinct_and_capped():
@@ -49,7 +42,7 @@ def test_coefficients_follow_the_formula():
 
 @pytest.fixture(scope="module")
 def setup():
-    model = tiny_lora_model(dtype=torch.float32)
+    model = tiny_lora_llama(dtype=torch.float32)
     model.eval()
     named = trainable_parameters(model)
     rng = torch.Generator().manual_seed(0)

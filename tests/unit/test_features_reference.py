@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from selection import data
-from selection.gradients.features import AdamPreconditioner, ReferenceExtractor, compute_features
+from selection.gradients.features import ReferenceExtractor, compute_features
+from selection.gradients.preconditioners import AdamPreconditioner
 from selection.gradients.projection import RademacherProjector
-from selection.models import PLAIN_CHAT_TEMPLATE, build_byte_tokenizer, build_tiny_model
-from selection.spec import LoraSpec
-from selection.warmup import Checkpoint, attach_lora, trainable_parameters
+from selection.models import PLAIN_CHAT_TEMPLATE, build_byte_tokenizer
+from selection.warmup import Checkpoint, trainable_parameters
+
+from tests.support.models import demo_lora_model
 
 
 def test_adam_formula_on_numbers():
@@ -28,18 +30,7 @@ def test_adam_formula_on_numbers():
 
 @pytest.fixture(scope="module")
 def lora_model(tmp_path_factory):
-    from transformers import AutoModelForCausalLM
-
-    directory = build_tiny_model("llama-demo", tmp_path_factory.mktemp("tiny"))
-    model = AutoModelForCausalLM.from_pretrained(directory)
-    model = attach_lora(model, LoraSpec(r=4, alpha=8, dropout=0.1), seed=0)
-    torch.manual_seed(1)
-    with torch.no_grad():  # peft starts lora_B at zero, which would zero every lora_A gradient
-        for name, parameter in trainable_parameters(model):
-            if "lora_B" in name:
-                parameter.normal_(std=0.05)
-    model.eval()
-    return model
+    return demo_lora_model(tmp_path_factory.mktemp("tiny"))
 
 
 def examples():

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from selection import data
+from selection import loss as head_module
 from selection.gradients import engine as engine_module
-from selection.gradients import loss as head_module
 from selection.gradients.engine import (
     LoraGradientEngine,
     UnsupportedModelError,
@@ -16,18 +16,17 @@ from selection.gradients.engine import (
     per_example_gradients,
 )
 from selection.gradients.features import (
-    AdamPreconditioner,
     ReferenceExtractor,
     compute_features,
     default_extractor,
     lora_dim,
 )
-from selection.gradients.loss import head_gradient
+from selection.gradients.preconditioners import AdamPreconditioner
 from selection.gradients.projection import CountSketchProjector, IdentityProjector, RademacherProjector
-from selection.loss import per_example_loss
-from selection.models import PLAIN_CHAT_TEMPLATE, build_byte_tokenizer, build_tiny_model
-from selection.spec import LoraSpec
-from selection.warmup import attach_lora, trainable_parameters
+from selection.loss import head_gradient, per_example_loss
+from selection.models import PLAIN_CHAT_TEMPLATE, build_byte_tokenizer
+
+from tests.support.models import demo_lora_model, one_thread  # noqa: F401  (autouse)
 
 TOLERANCE = 1e-4  # relative error, fp32 (docs/algorithms.md §4)
 
@@ -42,16 +41,6 @@ CONVERSATIONS = [
     [{"role": "user", "content": "Spell dog"}, {"role": "assistant", "content": "d-o-g"}],
 ]
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and immune to OpenMP spinning on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 @pytest.fixture(scope="module")
 def tokenizer():
     return build_byte_tokenizer()
@@ -59,17 +48,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from transformers import AutoModelForCausalLM
-
-    directory = build_tiny_model("llama-demo", tmp_path_factory.mktemp("tiny"))
-    lora = attach_lora(AutoModelForCausalLM.from_pretrained(directory), LoraSpec(r=4, alpha=8, dropout=0.1), seed=0)
-    torch.manual_seed(1)
-    with torch.no_grad():  # peft starts lora_B at zero, which would zero every lora_A gradient
-        for name, parameter in trainable_parameters(lora):
-            if "lora_B" in name:
-                parameter.normal_(std=0.05)
-    lora.eval()
-    return lora
+    return demo_lora_model(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

@@ -19,17 +19,9 @@ from selection.gradients.projection import (
     make_projector,
 )
 
+from tests.support.models import one_thread  # noqa: F401  (autouse)
+
 P = 2 * BLOCK_ROWS + 123  # three blocks, the last one partial
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is faster, and immune to OpenMP spinning on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 
 def sketch_matrix(projector: CountSketchProjector) -> torch.Tensor:
     """The p x d matrix a CountSketch stands for, built from its buckets and signs."""

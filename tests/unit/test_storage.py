@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from selection import storage
-from tests.s3server import SeaweedS3
+from tests.support.s3server import SeaweedS3
 
 BAD_KEYS = ["../x", "a/../../x", "a/..", "..", "/etc/passwd", "a\\b", ""]
 

@@ -58,7 +58,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.kube_emulator import KubeEmulator
+from tests.support.kube_emulator import KubeEmulator
 
 __all__ = ["LocalJobRunner", "Node", "PodOutcome", "PodRun", "index_ranges", "parse_quantity"]
 
