@@ -411,16 +411,15 @@ def _walk_stages(r: _Round) -> Plan:
         if job.failed_for_good:
             record["state"] = STATE_FAILED
             return _stage_failed(r, stage, job)
-        waiting = None
-        if _may_wait(job):
-            if not r.obs.waiting_checked:
-                return r.plan(needs=Needs(waiting_of=stage.name))
-            waiting = r.obs.waiting
+        # Pods that may not run are looked at (one more round trip); until then, none wait.
+        look = _may_wait(job) and not r.obs.waiting_checked
+        waiting = r.obs.waiting if r.obs.waiting_checked else None
         # Started (startTime) is not running: until one of its pods runs, a waiting stage is pending.
         starting = waiting is not None and not job.ready and not job.succeeded
         record["state"] = STATE_RUNNING if job.start_time and not job.suspended and not starting else STATE_PENDING
         _running(r, stage, job, waiting if starting else None)
-        return _report_waiting(r, stage, job, waiting)
+        plan = _report_waiting(r, stage, job, waiting)
+        return dataclasses.replace(plan, needs=Needs(waiting_of=stage.name)) if look else plan
     return _finish(r)
 
 

@@ -20,7 +20,7 @@ from tests.controller.harness import (
 from tests.controller.test_operator import (
     GROUP, PLURAL, VERSION, condition, create, events_of, live, stub_runner, wait_phase,
 )
-from tests.local_job_runner import LocalJobRunner
+from tests.support.local_job_runner import LocalJobRunner
 
 
 def jobs_named(kube, name: str) -> dict[str, Any] | None:

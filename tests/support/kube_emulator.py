@@ -39,7 +39,7 @@ requests (create, get, patch, put, delete) itself, and adds:
 * numbers as Go's JSON encoding returns them: an integral float (`1.0`) is stored as `1`.
 
 Not emulated: CRD schema validation, defaulting, server-side apply, deletecollection, other
-admission plugins, controllers (see `tests/local_job_runner.py` for Jobs), pod logs.
+admission plugins, controllers (see `tests/support/local_job_runner.py` for Jobs), pod logs.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ import jsonpatch
 import kmock
 from kmock._internal import apps, enums, rendering  # kmock's request plumbing; public API lacks it
 
-from tests import kube_validation
+from tests.support import kube_validation
 
 __all__ = ["ApiCall", "KubeEmulator", "LabelSelector", "go_json_numbers", "match_fields"]
 

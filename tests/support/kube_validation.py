@@ -1,6 +1,6 @@
 """What the API server refuses on create and update, for the fields dsel's objects carry.
 
-`KubeEmulator` calls `check(kind, group, body)` before it stores an object and answers what a real
+`tests.support.kube_emulator.KubeEmulator` calls `check(kind, group, version, body)` before it stores an object and answers what a real
 API server (1.29-1.34) answers:
 
 * **400 BadRequest** when the body cannot even be decoded into the typed object: a quantity
