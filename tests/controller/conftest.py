@@ -8,10 +8,11 @@ from pathlib import Path
 
 import kmock
 import pytest
+import yaml
 import pytest_asyncio
 
 from selection.crd import build_crd
-from tests.controller.harness import write_kubeconfig
+from tests.controller.harness import CLIENT_TOKEN, write_kubeconfig
 from tests.support.kube_emulator import KubeEmulator
 
 
@@ -42,10 +43,13 @@ def kubeconfig(kube: KubeEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 @pytest.fixture
 def api(kubeconfig: Path) -> Iterator[object]:
-    """A `kubernetes` ApiClient for the emulator; call it via asyncio.to_thread (it blocks)."""
+    """A `kubernetes` ApiClient for the emulator (as the test, not the operator: its own token);
+    call it via asyncio.to_thread (it blocks)."""
     import kubernetes
 
-    client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+    server = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+    own = write_kubeconfig(kubeconfig.with_name("client-kubeconfig"), server, token=CLIENT_TOKEN)
+    client = kubernetes.config.new_client_from_config(config_file=str(own))
     with contextlib.closing(client):
         yield client
 
