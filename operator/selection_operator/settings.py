@@ -32,6 +32,8 @@ import os
 from collections.abc import Mapping
 from importlib import metadata
 
+from selection.redact import userinfo_problem
+
 DEFAULT_METRICS_PORT = 9090
 # A running selection is re-read this often even when no Job event arrives: Job events wake the
 # operator at once, so this only bounds how long a missed event can go unnoticed.
@@ -119,10 +121,15 @@ class OperatorSettings:
                 "(job pods share artifacts through S3 only)"
             )
 
+        endpoint = text("DSEL_S3_ENDPOINT")
+        embedded = userinfo_problem(endpoint) if endpoint else None
+        if embedded:  # it would be copied into every selection's arguments ConfigMap
+            raise SettingsError(f"DSEL_S3_ENDPOINT: {embedded}")
+
         return cls(
             worker_image=text("DSEL_WORKER_IMAGE") or _default_worker_image(),
             default_storage_uri=storage.rstrip("/") if storage else None,
-            s3_endpoint=text("DSEL_S3_ENDPOINT"),
+            s3_endpoint=endpoint,
             s3_region=text("DSEL_S3_REGION"),
             s3_credentials_secret=text("DSEL_S3_CREDENTIALS_SECRET"),
             metrics_port=integer("DSEL_METRICS_PORT", DEFAULT_METRICS_PORT, 0, 65535),
