@@ -6,8 +6,8 @@ and creates them. Names are deterministic so that creating an existing object is
 Every pod runs `python -m selection.jobs <entrypoint> /etc/dsel/args.json`, where args.json is
 the `selection.contract.JobArgs` document of the resource as it started, mounted from the
 ConfigMap; which stages exist and how each one runs is the table `selection.contract.STAGES`.
-S3 credentials reach the pods only as `secretKeyRef` env vars: the operator never reads the
-Secret.
+S3 credentials reach the pods only as `secretKeyRef` env vars; the operator reads the named
+Secret only to fetch selection.json as the pods would (reconciler.storage_credentials).
 """
 
 from __future__ import annotations

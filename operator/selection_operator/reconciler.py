@@ -1,8 +1,10 @@
 """Observe, decide, act: runs the pure state machine against the cluster for one DataSelection.
 
-One long-lived loop per resource (a kopf daemon) is the only writer of its status. Job events
-wake it at once; otherwise it re-checks every `resync_seconds` while the selection runs, and
-sleeps until the spec changes once it has finished.
+One long-lived loop per resource (started by the `Supervisor`, without a finalizer) is the only
+writer of its status. Job events wake it at once; otherwise it re-checks every `resync_seconds`
+while the selection runs, and sleeps until the spec changes once it has finished. Each round
+observes (the resource, its ConfigMap and Jobs; pods, Events, Workloads, the failed pod's
+message or selection.json only when the plan asks), decides (`phases.decide`) and applies.
 """
 
 from __future__ import annotations

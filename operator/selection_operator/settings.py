@@ -20,8 +20,9 @@ The Helm chart sets these names (keep them stable):
                                   image pull errors, no service account, unschedulable) before
                                   the stage fails (default 900)
 
-The operator process reads selection.json from S3 itself, so its own environment needs the usual
-AWS_* credentials (the chart passes them from the same Secret).
+The operator process reads selection.json from S3 itself: with the keys of the credentials Secret
+the selection names (as its pods do), else with its own environment's AWS_* credentials (the
+chart passes them from DSEL_S3_CREDENTIALS_SECRET) or cloud identity.
 """
 
 from __future__ import annotations
