@@ -293,3 +293,10 @@ def test_credentials_in_a_failure_line_are_redacted():
     message = conditions(plan)["Failed"]["message"]
     assert "wJalrXUtnFEMI" not in message and "AKIAIOSFODNN7EXAMPLE" not in message and "minio:9000" in message
     assert all("wJalrXUtnFEMI" not in e.message for e in plan.events)
+
+
+def test_failure_target_alone_does_not_end_a_job():
+    """1.31+: FailureTarget comes first while the Job controller stops the other pods; Failed follows."""
+    state = phases.JobState.from_job({"metadata": {"name": "x"}, "status": {"active": 2, "ready": 1, "conditions": [
+        {"type": "FailureTarget", "status": "True", "reason": "MaxFailedIndexesExceeded"}]}})
+    assert not state.failed_for_good and not state.complete and state.ready == 1
