@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -373,10 +374,9 @@ async def watch_over(
                 failures += 1
                 logger.warning("reconcile failed (attempt %d): %s", failures, redact(str(error)))
                 idle = False
-            except Exception as error:  # a bug or an unexpected answer: keep the loop alive, say why
+            except Exception:  # a bug or an unexpected answer: keep the loop alive, say why (redacted)
                 failures += 1
-                logger.error("reconcile failed (attempt %d): %s", failures, redact(repr(error)),
-                             exc_info=logger.isEnabledFor(logging.DEBUG))
+                logger.error("reconcile failed (attempt %d): %s", failures, redact(traceback.format_exc()))
                 idle = False
             timeout = None if idle else ctx.settings.resync_seconds
             if failures:

@@ -164,7 +164,8 @@ def owner_ref(obj: dict) -> dict:
 async def test_deleting_an_owner_cascades_to_dependents(kube):
     _, owner = await call(kube, "POST", CM, config_map("owner"))
     _, other = await call(kube, "POST", CM, config_map("other-owner"))
-    _, job = await call(kube, "POST", JOBS, {"metadata": {"name": "child", "ownerReferences": [owner_ref(owner)]}, "spec": {"template": TEMPLATE}})
+    _, job = await call(kube, "POST", JOBS, {"metadata": {"name": "child", "ownerReferences": [owner_ref(owner)]},
+                                             "spec": {"template": TEMPLATE}})
     _, pod = await call(kube, "POST", PODS, {"metadata": {"name": "grandchild", "ownerReferences": [owner_ref(job)]}})
     shared_refs = [owner_ref(owner), {**owner_ref(other), "controller": False}]
     await call(kube, "POST", CM, config_map("shared", ownerReferences=shared_refs))
@@ -184,7 +185,8 @@ async def test_orphan_propagation_keeps_dependents(kube):
 
 async def test_finalizers_hold_deletion_until_removed(kube):
     _, owner = await call(kube, "POST", CM, config_map("held", finalizers=["test/keep"]))
-    await call(kube, "POST", JOBS, {"metadata": {"name": "dependent", "ownerReferences": [owner_ref(owner)]}, "spec": {"template": TEMPLATE}})
+    await call(kube, "POST", JOBS, {"metadata": {"name": "dependent", "ownerReferences": [owner_ref(owner)]},
+                                    "spec": {"template": TEMPLATE}})
     code, marked = await call(kube, "DELETE", f"{CM}/held")
     assert code == 200 and marked["metadata"]["deletionTimestamp"]
     assert kube.live_objects("batch/v1/jobs")

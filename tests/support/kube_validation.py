@@ -162,7 +162,8 @@ def _check_tolerations(errors: _Errors, field: str, tolerations: Any) -> None:
         if key:
             _check_qualified_name(errors, f"{here}.key", key)
         if not key and operator != "Exists":
-            errors.invalid(f"{here}.operator", operator, "operator must be Exists when `key` is empty, which means \"match all values and all keys\"")
+            errors.invalid(f"{here}.operator", operator,
+                           "operator must be Exists when `key` is empty, which means \"match all values and all keys\"")
         if toleration.get("tolerationSeconds") is not None and effect != "NoExecute":
             errors.invalid(f"{here}.effect", effect, "effect must be 'NoExecute' when `tolerationSeconds` is set")
         if operator == "Equal":

@@ -337,7 +337,7 @@ class LocalJobRunner:
                 async with job_slots, self._slots:
                     this_pod = {"created": False}
 
-                    async def changed(change: str) -> None:
+                    async def changed(change: str, this_pod: dict[str, bool] = this_pod) -> None:
                         this_pod["created"] = this_pod["created"] or change == "created"
                         await pod_changed(change)
 
