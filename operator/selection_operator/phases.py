@@ -495,7 +495,7 @@ def _report_waiting(r: _Round, stage: contract.Stage, job: JobState, waiting: Wa
     message = redact(f"{waiting.where}: {waiting.reason}: {waiting.message}".rstrip(": "))
     _condition(r, conditions.PODS_READY, False, waiting.reason, message)
     r.status["waiting"] = waiting.reason
-    since = conditions.find_condition(r.status["conditions"], conditions.PODS_READY).get("lastTransitionTime")
+    since = (conditions.find_condition(r.status["conditions"], conditions.PODS_READY) or {}).get("lastTransitionTime")
     grace = obs.settings.pod_start_grace_seconds
     previous = conditions.find_condition(r.old.get("conditions"), conditions.PODS_READY)
     if previous is None or previous.get("status") != "False" or previous.get("reason") != waiting.reason:
