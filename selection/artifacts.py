@@ -61,9 +61,10 @@ class Metadata:
         values = {}
         for f in dataclasses.fields(cls):
             key = cls.KEYS.get(f.name, f.name)
-            if key not in document:
+            if key in document:
+                values[f.name] = document[key]
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise storage.CorruptArtifact(f"{where}: manifest metadata has no {key!r}")
-            values[f.name] = document[key]
         return cls(**values)
 
 
@@ -87,6 +88,7 @@ class TrainFeaturesMetadata(Metadata):
     epoch: int
     start: int  # pool rows [start, stop)
     stop: int
+    answerless: list[int] = dataclasses.field(default_factory=list)  # 0-based lines that keep no answer token (data.lines_without_answer)
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class EmbeddingsMetadata(Metadata):
     rows: int
     blocks: int  # transformer blocks the JVP ran through
     dim: int
+    answerless: list[int] = dataclasses.field(default_factory=list)  # as in TrainFeaturesMetadata
 
 
 @dataclass(frozen=True)
@@ -144,10 +147,20 @@ class Fingerprints:
     fingerprint, so a change anywhere upstream changes everything downstream.
     """
 
-    def __init__(self, spec, train_sha256: Callable[[], str], validation_digest: Callable[[], list[list[str]]]):
+    def __init__(
+        self,
+        spec,
+        train_sha256: Callable[[], str],
+        validation_digest: Callable[[], list[list[str]]],
+        *,
+        model_identity: Callable[[], dict[str, Any]],
+    ):
         self.spec = spec  # selection.spec.DataSelectionSpec (not imported: this module stays light)
         self._train_sha256 = train_sha256
         self._validation_digest = validation_digest
+        # What loading the model actually reads (selection.models.model_identity): a model
+        # changed in place under the same source string changes the warmup fingerprint.
+        self._model_identity = model_identity
 
     def _hash(self, inputs: dict[str, Any]) -> str:
         from selection.spec import spec_fingerprint
@@ -160,10 +173,11 @@ class Fingerprints:
 
     @cached_property
     def warmup(self) -> str:
-        """Model, training data, max_length, warmup section."""
+        """Model (the spec's section and what was loaded), training data, max_length, warmup section."""
         return self._hash(
             {
                 "model": self.spec.model.model_dump(mode="json"),
+                "loaded": self._model_identity(),
                 "train_sha256": self._train_sha256(),
                 "max_length": self.spec.data.max_length,
                 "warmup": self.spec.warmup.model_dump(mode="json"),

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from selection.contract import EXIT_BAD_INPUT
 
@@ -33,24 +34,42 @@ def _summary(document: dict[str, Any]) -> str:
 
 
 def _write_output(path: str, document: dict[str, Any]) -> None:
-    """Write atomically: a reader never sees a half-written selection."""
-    from selection.files import write_text_atomically
+    """Write atomically (a reader never sees a half-written selection); see selection.output."""
+    from selection.output import write_output
 
-    write_text_atomically(path, json.dumps(document, indent=2) + "\n")
+    write_output(path, json.dumps(document, indent=2) + "\n", "--output")
+
+
+@contextmanager
+def _naming_spec_file(spec_path: str) -> Iterator[None]:
+    """Problems found after parsing (the budget against the pool, LoRA against the model)
+    name the spec file too, like the ones the parser finds."""
+    from selection.spec import SpecError
+
+    try:
+        yield
+    except SpecError as error:
+        if error.source is not None:
+            raise
+        raise SpecError(error.problems, spec_path) from None
 
 
 def _run(args: argparse.Namespace) -> int:
     from selection.local import run_selection
+    from selection.output import check_output_path
     from selection.spec import load_selection
 
     resource = load_selection(args.spec)
-    document = run_selection(
-        resource,
-        storage_uri=args.storage,
-        base_dir=Path(args.spec).resolve().parent,
-        cache_dir=args.cache_dir,
-        progress=not args.quiet,
-    )
+    if args.output:
+        check_output_path(args.output, "--output")  # before hours of work, not after
+    with _naming_spec_file(args.spec):
+        document = run_selection(
+            resource,
+            storage_uri=args.storage,
+            base_dir=Path(args.spec).resolve().parent,
+            cache_dir=args.cache_dir,
+            progress=not args.quiet,
+        )
     if args.output:
         _write_output(args.output, document)
     print(_summary(document))
@@ -67,10 +86,16 @@ def _validate(args: argparse.Namespace) -> int:
         from selection.contract import JobArgs, StorageLocation
         from selection.jobs.context import StageContext
 
-        base_dir = str(Path(args.spec).resolve().parent)
-        ctx = StageContext(JobArgs(resource, StorageLocation(uri="unused"), base_dir=base_dir))
+        storage = resource.spec.storage
+        location = StorageLocation(uri="unused", endpoint=storage.endpoint, region=storage.region)
+        ctx = StageContext(JobArgs(resource, location, base_dir=str(Path(args.spec).resolve().parent)))
+        try:
+            with _naming_spec_file(args.spec):
+                budget = ctx.preflight()  # the same checks `dsel run` makes before its first stage
+        finally:
+            ctx.close()
         print(f"{args.spec}: {len(ctx.train_examples)} training examples, "
-              f"{len(ctx.validation_examples)} validation examples")
+              f"{len(ctx.validation_examples)} validation examples, budget {budget} examples")
     sel = resource.spec.selection
     print(f"{args.spec}: valid DataSelection '{resource.name}' (method {sel.method}, budget {sel.budget})")
     return 0
@@ -122,7 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except user_errors() as error:
-        print(f"dsel {args.command}: error: {error}", file=sys.stderr)
+        from selection.redact import redact
+
+        print(redact(f"dsel {args.command}: error: {error}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from finished artifacts", file=sys.stderr)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from selection import storage
+
+log = logging.getLogger("dsel.data")
 
 ROLES = ("system", "user", "assistant")
 IGNORE_INDEX = -100
@@ -59,10 +62,28 @@ def _check_messages(value: Any, where: str) -> tuple[dict[str, str], ...]:
             raise DataError(f"{field}.role: expected one of {', '.join(ROLES)}, got {role!r}")
         if not isinstance(content, str):
             raise DataError(f"{field}.content: expected a string")
+        _check_encodable(content, f"{field}.content")
         messages.append({"role": role, "content": content})
     if not any(m["role"] == "assistant" for m in messages):
         raise DataError(f"{where}: no assistant message, so the example has no loss")
+    first = next(position for position, m in enumerate(messages) if m["role"] != "system")
+    if messages[first]["role"] == "assistant":
+        raise DataError(
+            f"{where}: messages[{first}].role: the conversation opens with an assistant turn; "
+            "an answer needs a user turn before it"
+        )
     return tuple(messages)
+
+
+def _check_encodable(text: str, field: str) -> None:
+    """JSON allows lone surrogates ("\\ud800"); UTF-8 and every tokenizer do not."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise DataError(
+            f"{field}: character {error.start} is a lone UTF-16 surrogate "
+            f"(\\u{ord(text[error.start]):04x}), which is not text"
+        ) from None
 
 
 def parse_jsonl(
@@ -79,6 +100,8 @@ def parse_jsonl(
             record = json.loads(raw)
         except json.JSONDecodeError as error:
             raise DataError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
+        except RecursionError:
+            raise DataError(f"{where}: JSON nested too deeply to be a chat example") from None
         if not isinstance(record, dict):
             raise DataError(f"{where}: expected a JSON object")
         messages = _check_messages(record.get("messages"), where)
@@ -131,15 +154,40 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _render(tokenizer, messages: Sequence[dict[str, str]], template: str, generation: bool) -> str:
+def _render(tokenizer, messages: Sequence[dict[str, str]], template: str, generation: bool, line: int) -> str:
     if not messages and not generation:
         return ""
-    return tokenizer.apply_chat_template(
-        list(messages),
-        chat_template=template,
-        tokenize=False,
-        add_generation_prompt=generation,
-    )
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(
+            list(messages),
+            chat_template=template,
+            tokenize=False,
+            add_generation_prompt=generation,
+        )
+    except TemplateError as error:
+        raise DataError(
+            f"line {line + 1}: the chat template refuses this conversation ({error}); "
+            "fix the conversation or use chatTemplate: plain"
+        ) from None
+
+
+# Characters per token bound slack: a piece is cut this many tokens' worth past what can still
+# fit, so the cut never changes the tokens that are kept (BPE merges do not reach that far).
+_CUT_SLACK_TOKENS = 16
+
+
+def _longest_token_chars(tokenizer) -> int:
+    """The most characters one token can cover: bounds the text worth tokenizing."""
+    cached = getattr(tokenizer, "_dsel_longest_token", None)
+    if cached is None:
+        cached = max((len(token) for token in tokenizer.get_vocab()), default=1)
+        try:
+            tokenizer._dsel_longest_token = cached
+        except AttributeError:
+            pass
+    return max(1, cached)
 
 
 def chat_template_for(tokenizer, choice: str) -> str:
@@ -153,40 +201,69 @@ def chat_template_for(tokenizer, choice: str) -> str:
 
 
 def tokenize_example(tokenizer, example: Example, *, template: str, max_length: int) -> Tokenized:
-    """Render turn by turn; assistant contents are labelled, everything else is masked."""
+    """Render turn by turn; assistant contents are labelled, everything else is masked.
+
+    Work per example is bounded by `max_length`: once it is reached later turns are not
+    tokenized, and a piece is cut to what can still fit (plus slack) before tokenizing, so a
+    5 MB line costs as much as a `max_length` one.
+    """
     ids: list[int] = []
     labels: list[int] = []
     rendered = ""
+    per_token = _longest_token_chars(tokenizer)
 
     def append(piece: str, trained: bool) -> None:
         if not piece:
             return
-        piece_ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
+        room = max_length - len(ids)
+        piece = piece[: (room + _CUT_SLACK_TOKENS) * per_token]
+        piece_ids = tokenizer(piece, add_special_tokens=False)["input_ids"][:room]
         ids.extend(piece_ids)
         labels.extend(piece_ids if trained else [IGNORE_INDEX] * len(piece_ids))
 
     messages = example.messages
+    line = example.line
     for turn, message in enumerate(messages):
+        if len(ids) >= max_length:
+            break  # everything later is truncated away
         if message["role"] == "assistant":
-            opened = _render(tokenizer, messages[:turn], template, generation=True)
-            closed = _render(tokenizer, messages[: turn + 1], template, generation=False)
+            opened = _render(tokenizer, messages[:turn], template, True, line)
+            closed = _render(tokenizer, messages[: turn + 1], template, False, line)
             if not opened.startswith(rendered) or not closed.startswith(opened):
                 raise DataError(
-                    f"line {example.line + 1}: the chat template does not render conversations "
+                    f"line {line + 1}: the chat template does not render conversations "
                     "prefix by prefix, so assistant tokens cannot be located; use chatTemplate: plain"
                 )
             append(opened[len(rendered):], trained=False)
             append(closed[len(opened):], trained=True)
         else:
-            closed = _render(tokenizer, messages[: turn + 1], template, generation=False)
+            closed = _render(tokenizer, messages[: turn + 1], template, False, line)
             if not closed.startswith(rendered):
                 raise DataError(
-                    f"line {example.line + 1}: the chat template does not render conversations "
+                    f"line {line + 1}: the chat template does not render conversations "
                     "prefix by prefix; use chatTemplate: plain"
                 )
             append(closed[len(rendered):], trained=False)
         rendered = closed
-    return Tokenized(tuple(ids[:max_length]), tuple(labels[:max_length]))
+    return Tokenized(tuple(ids), tuple(labels))
+
+
+def lines_without_answer(
+    examples: Sequence[Example], tokenized: Sequence[Tokenized], source: str, max_length: int
+) -> list[int]:
+    """0-based lines whose assistant tokens maxLength truncated away, with a warning naming them.
+
+    Such an example has no loss, so its gradient features (and scores) would be made up; the
+    selection excludes these lines (docs/refusals.md).
+    """
+    lines = [e.line for e, t in zip(examples, tokenized) if t.trained_tokens == 0]
+    if lines:
+        shown = ", ".join(str(line + 1) for line in lines[:20]) + (", ..." if len(lines) > 20 else "")
+        log.warning(
+            "%s: %d example(s) keep no assistant token within maxLength %d and are excluded from "
+            "the selection: line(s) %s", source, len(lines), max_length, shown,
+        )
+    return lines
 
 
 def collate(batch: Sequence[Tokenized], pad_token_id: int):

@@ -7,7 +7,9 @@ built from a `LlamaConfig` with a seed and a byte-level tokenizer made locally, 
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -90,7 +92,9 @@ def build_tiny_model(preset: str, directory: str | Path, seed: int = 0) -> Path:
     """Build a seeded tiny Llama and its tokenizer and save both to `directory`."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a stderr bar would break one-line error reports
     if preset not in TINY_PRESETS:
         raise ModelLoadError(
             f"unknown tiny model preset '{preset}' (known: {', '.join(sorted(TINY_PRESETS))})"
@@ -151,28 +155,31 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith(("/", "./", "../", "~", "file://")) or os.path.exists(source)
 
 
+def _tiny_preset(source: str) -> str:
+    preset = source[len(TINY_SCHEME):]
+    if preset not in TINY_PRESETS:
+        raise ModelLoadError(
+            f"model.source '{source}': unknown tiny preset (known: {', '.join(sorted(TINY_PRESETS))})"
+        )
+    return preset
+
+
 def resolve_model_dir(
     source: str, cache_dir: str | Path | None = None, s3: StorageLocation | None = None
 ) -> Path | str:
     """A local directory for `source`, or the hub name unchanged for `from_pretrained` to fetch."""
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     if source.startswith(TINY_SCHEME):
-        preset = source[len(TINY_SCHEME):]
-        if preset not in TINY_PRESETS:
-            raise ModelLoadError(
-                f"model.source '{source}': unknown tiny preset (known: {', '.join(sorted(TINY_PRESETS))})"
-            )
+        preset = _tiny_preset(source)
         return _materialize(cache / "tiny" / f"{preset}-{_tiny_recipe_hash(preset)}", lambda d: build_tiny_model(preset, d))
     if source.startswith("s3://"):
-        reach = s3 or StorageLocation(uri=source)
-        store = storage.open_store(source, endpoint_url=reach.endpoint, region=reach.region)
-        keys = store.list_keys("")
-        if not keys:
-            raise ModelLoadError(f"model.source '{source}': no objects under this S3 prefix")
-        name = source[len("s3://"):].strip("/").replace("/", "--")
+        store, versions = _s3_versions(source, s3)
+        # The cache copy is named after the objects' sizes and ETags, so a model rewritten in
+        # S3 is downloaded afresh instead of the old copy being loaded under the new fingerprint.
+        name = source[len("s3://"):].strip("/").replace("/", "--") + "-" + _digest(versions)[:16]
 
         def download(directory: Path) -> None:
-            for key in keys:
+            for key in versions:
                 store.get_file(key, directory / key)
 
         return _materialize(cache / "s3" / name, download)
@@ -184,6 +191,85 @@ def resolve_model_dir(
             raise ModelLoadError(f"model.source '{source}': directory has no config.json")
         return path
     return source
+
+
+def _digest(value: Any) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def _s3_versions(source: str, s3: StorageLocation | None):
+    reach = s3 or StorageLocation(uri=source)
+    store = storage.open_store(source, endpoint_url=reach.endpoint, region=reach.region)
+    versions = store.list_versions()
+    if not versions:
+        raise ModelLoadError(f"model.source '{source}': no objects under this S3 prefix")
+    return store, versions
+
+
+def _directory_digests(directory: Path) -> dict[str, str]:
+    """name -> SHA-256 of the files from_pretrained reads (config, weights, tokenizer)."""
+    return {
+        p.name: storage._sha256_file(p)[1]  # the artifact manifests' chunked hash
+        for p in sorted(directory.iterdir())
+        if p.is_file() and not p.name.startswith(".")
+    }
+
+
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+@functools.lru_cache(maxsize=None)
+def resolve_hub_commit(name: str, revision: str | None) -> str:
+    """The commit a hub name and revision (branch, tag, commit; default main) point at now.
+
+    Asks the hub, and falls back to the local Hugging Face cache when offline; a name that can
+    be resolved neither way cannot be loaded either.
+    """
+    if revision and _COMMIT.match(revision):
+        return revision
+    try:
+        from huggingface_hub import HfApi
+
+        sha = HfApi().model_info(name, revision=revision).sha
+        if sha:
+            return sha
+    except Exception:  # offline, or a private repo without a token: try the local cache
+        pass
+    from huggingface_hub import constants
+
+    ref = Path(constants.HF_HUB_CACHE) / f"models--{name.replace('/', '--')}" / "refs" / (revision or "main")
+    try:
+        return ref.read_text().strip()
+    except OSError:
+        raise ModelLoadError(
+            f"model.source '{name}': cannot resolve revision {revision or 'main'!r} to a commit "
+            "(hub unreachable and not in the local cache)"
+        ) from None
+
+
+def model_identity(
+    source: str,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    s3: StorageLocation | None = None,
+) -> dict[str, Any]:
+    """What loading `source` actually reads, for the warmup fingerprint: a model changed in
+    place (local weights rewritten, an S3 prefix re-uploaded, a hub branch moved) changes it.
+
+    tiny: presets hash their recipe; local directories hash their files; s3:// prefixes hash
+    the objects' sizes and ETags; hub names resolve the revision to a commit.
+    """
+    if source.startswith(TINY_SCHEME):
+        return {"tiny": _tiny_recipe_hash(_tiny_preset(source))}
+    if source.startswith("s3://"):
+        return {"s3_objects": _digest(_s3_versions(source, s3)[1])}
+    location = resolve_model_dir(source, cache_dir, s3)
+    if isinstance(location, Path):
+        return {"files": _directory_digests(location)}
+    return {"commit": resolve_hub_commit(source, revision)}
 
 
 def pick_device_and_dtype(requested: str = "auto"):
@@ -215,11 +301,20 @@ def load_model_and_tokenizer(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # dsel shows its own per-stage progress
+    import pickle
+
     location = resolve_model_dir(source, cache_dir, s3)
+    if isinstance(location, str):  # a hub name: load the commit the fingerprint recorded
+        revision = resolve_hub_commit(location, revision)
     device, torch_dtype = pick_device_and_dtype(dtype)
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, revision=revision)
         model = AutoModelForCausalLM.from_pretrained(location, revision=revision, dtype=torch_dtype)
+    except pickle.UnpicklingError as error:
+        raise ModelLoadError(
+            f"model.source '{source}': refused to load pickled weights that could run code "
+            f"({str(error).splitlines()[0]}); provide the weights as .safetensors"
+        ) from None
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"model.source '{source}': cannot load: {error}") from None
     if tokenizer.pad_token_id is None:

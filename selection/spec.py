@@ -25,6 +25,8 @@ KIND = "DataSelection"
 PLURAL = "dataselections"
 
 _K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Seeds are int64 in the CRD and reach torch.manual_seed, which takes at most 64 bits.
+MAX_SEED = 2**63 - 1
 
 
 class SpecError(ValueError):
@@ -42,8 +44,19 @@ class _Section(BaseModel):
     """Base for spec sections: camelCase aliases, unknown fields rejected (typos must not pass)."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True,
+        allow_inf_nan=False,  # an infinite learning rate or ridge fails only hours later
     )
+
+
+def _usable_uri(value: str) -> str:
+    """A data or storage URI that `open_store` / `read_uri` will accept (checked without I/O)."""
+    from selection.storage import StorageError, check_uri
+
+    try:
+        return check_uri(value)
+    except StorageError as error:
+        raise ValueError(str(error)) from None
 
 
 class ModelSpec(_Section):
@@ -78,6 +91,12 @@ class ValidationSetSpec(_Section):
     """One validation file; each example belongs to exactly one task."""
 
     uri: str = Field(description="JSONL file (local path or s3:// URI) in chat format.", min_length=1)
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_is_usable(cls, value: str) -> str:
+        return _usable_uri(value)
+
     task: str | None = Field(
         default=None,
         description=(
@@ -106,6 +125,24 @@ class DataSpec(_Section):
         description="Tokens per example after templating; longer examples are truncated on the right.",
     )
 
+    @field_validator("train")
+    @classmethod
+    def _train_is_usable(cls, value: str) -> str:
+        return _usable_uri(value)
+
+    @field_validator("validation")
+    @classmethod
+    def _no_file_twice(cls, value: list[ValidationSetSpec]) -> list[ValidationSetSpec]:
+        seen: dict[str, int] = {}
+        for position, entry in enumerate(value):
+            if entry.uri in seen:
+                raise ValueError(
+                    f"[{position}].uri {entry.uri!r} is already listed as [{seen[entry.uri]}]: "
+                    "listing a file twice would count its examples twice"
+                )
+            seen[entry.uri] = position
+        return value
+
 
 class LoraSpec(_Section):
     """LoRA adapter shape (LESS defaults)."""
@@ -129,7 +166,10 @@ class WarmupSpec(_Section):
         default=0.05, gt=0, le=1, description="Share of the pool used for warmup, drawn with `seed`."
     )
     epochs: int = Field(default=4, ge=1, le=100, description="Epochs; one checkpoint per epoch.")
-    learning_rate: float = Field(default=2e-5, gt=0, description="Peak AdamW learning rate.")
+    learning_rate: float = Field(
+        default=2e-5, gt=0, le=1,
+        description="Peak AdamW learning rate (at most 1: larger steps only produce NaN weights).",
+    )
     schedule: Literal["linear", "constant"] = Field(
         default="linear", description="Learning-rate schedule after linear warmup."
     )
@@ -146,7 +186,7 @@ class WarmupSpec(_Section):
     micro_batch_size: int = Field(
         default=4, ge=1, description="Examples per forward/backward; bounds memory, not the result."
     )
-    seed: int = Field(default=0, ge=0, description="Seed for the warmup subset, data order and dropout.")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Seed for the warmup subset, data order and dropout.")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA adapter configuration.")
 
 
@@ -161,7 +201,7 @@ class GradientsSpec(_Section):
             "as one p x d matrix) or CountSketch (each coordinate hashed to one bucket with a sign)."
         ),
     )
-    seed: int = Field(default=0, ge=0, description="Projection seed; the same in every shard.")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Projection seed; the same in every shard.")
     shards: int = Field(
         default=1, ge=1, le=10000, description="Training-pool shards (parallel pods on Kubernetes)."
     )
@@ -202,7 +242,7 @@ class DistillationSpec(_Section):
     ridge: float = Field(
         default=1e-2, gt=0, description="Kernel ridge regularizer, as a multiple of the kernel's mean diagonal."
     )
-    seed: int = Field(default=0, ge=0, description="Seed for landmarks, tangents and the projection.")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Seed for landmarks, tangents and the projection.")
 
 
 class SelectionSpec(_Section):
@@ -239,7 +279,7 @@ class SelectionSpec(_Section):
     iterative: bool = Field(
         default=True, description="BIDS: update the running mean r after each pick (ablation: false)."
     )
-    seed: int = Field(default=0, ge=0, description="Seed for the random method.")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Seed for the random method.")
 
     @field_validator("budget", mode="before")
     @classmethod
@@ -280,6 +320,23 @@ class StorageSpec(_Section):
             "env vars. Never copied into status, events or logs."
         ),
     )
+
+    @field_validator("uri")
+    @classmethod
+    def _uri_is_usable(cls, value: str | None) -> str | None:
+        return None if value is None else _usable_uri(value)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint_is_usable(cls, value: str | None) -> str | None:
+        from selection.storage import StorageError, check_endpoint
+
+        if value is None:
+            return None
+        try:
+            return check_endpoint(value, "endpoint")
+        except StorageError as error:
+            raise ValueError(str(error).removeprefix("endpoint: ")) from None
 
 
 class TolerationSpec(_Section):
@@ -416,6 +473,49 @@ def parse_selection(document: Any, source: str | None = None) -> DataSelection:
         raise SpecError(_problems(error), source) from None
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML would keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.get(key)
+                seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:
+                continue  # an unhashable key: construct_mapping itself reports it
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    f"duplicate key {key!r} (first given on line {first}); YAML would silently keep the last",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        _refuse_yaml11_number(self.construct_scalar(node), node)
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
+        _refuse_yaml11_number(self.construct_scalar(node), node)
+        return super().construct_yaml_float(node)
+
+
+def _refuse_yaml11_number(text: str, node: yaml.ScalarNode) -> None:
+    """YAML 1.1 reads 1_0 as 10 and 1:30 as 90; JSON and Kubernetes do not. Refuse both."""
+    if "_" in text or ":" in text:
+        raise yaml.constructor.ConstructorError(
+            None, None,
+            f"{text!r} is a number only in YAML 1.1 (digit separators or base 60); write it plainly",
+            node.start_mark,
+        )
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int", _StrictLoader.construct_yaml_int)
+_StrictLoader.add_constructor("tag:yaml.org,2002:float", _StrictLoader.construct_yaml_float)
+
+
 def load_selection(path: str | Path) -> DataSelection:
     """Read and validate a spec file (YAML or JSON)."""
     path = Path(path)
@@ -424,11 +524,13 @@ def load_selection(path: str | Path) -> DataSelection:
     except OSError as error:
         raise SpecError([("(file)", f"cannot read: {error.strerror or error}")], str(path)) from None
     try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+        documents = [d for d in yaml.load_all(text, Loader=_StrictLoader) if d is not None]
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(document)"
         raise SpecError([(where, f"not valid YAML: {getattr(error, 'problem', error)}")], str(path)) from None
+    except RecursionError:
+        raise SpecError([("(document)", "nested too deeply to be a DataSelection")], str(path)) from None
     if len(documents) != 1:
         raise SpecError([("(document)", f"expected exactly one YAML document, found {len(documents)}")], str(path))
     return parse_selection(documents[0], source=str(path))

@@ -77,6 +77,14 @@ class CorruptArtifact(StorageError):
     """A stored file does not match its manifest, or the manifest itself is unreadable."""
 
 
+def _corrupt(message: str, artifact_uri: str) -> CorruptArtifact:
+    """CorruptArtifact with the way out: every rerun would fail on it the same way."""
+    return CorruptArtifact(
+        f"{message}; delete the artifact {artifact_uri} (everything under it) and rerun, "
+        "and it is recomputed"
+    )
+
+
 @runtime_checkable
 class ObjectStore(Protocol):
     """A flat key -> bytes store addressed by relative POSIX keys under a root URI."""
@@ -275,12 +283,15 @@ class LocalStore:
 
 
 def _resolve_endpoint(endpoint_url: str | None) -> str | None:
-    return (
-        endpoint_url
-        or os.environ.get("DSEL_S3_ENDPOINT")
-        or os.environ.get("AWS_ENDPOINT_URL")
-        or None
-    )
+    """The endpoint to use; refused when it embeds credentials (they would be printed)."""
+    for source, value in (
+        ("storage.endpoint", endpoint_url),
+        ("DSEL_S3_ENDPOINT", os.environ.get("DSEL_S3_ENDPOINT")),
+        ("AWS_ENDPOINT_URL", os.environ.get("AWS_ENDPOINT_URL")),
+    ):
+        if value:
+            return check_endpoint(value, source)
+    return None
 
 
 def _make_s3_client(
@@ -506,6 +517,18 @@ class S3Store:
         strip = len(self.prefix) + 1 if self.prefix else 0
         return sorted(full[strip:] for full in self._list_full(prefix))
 
+    def list_versions(self) -> dict[str, str]:
+        """Every key of the store with "<size>:<ETag>": changes whenever an object is rewritten."""
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        versions: dict[str, str] = {}
+        with self._errors("list", None):
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._dir_key("")):
+                for item in page.get("Contents", []):
+                    if not item["Key"].endswith("/"):
+                        versions[item["Key"][strip:]] = f"{item['Size']}:{item.get('ETag', '')}"
+        return dict(sorted(versions.items()))
+
     def delete(self, key: str) -> None:
         """Delete one key; a missing key is fine (S3 deletes are idempotent)."""
         full = self._key(key)
@@ -534,6 +557,45 @@ class S3Store:
 # Opening a store from a URI
 
 
+def check_uri(uri: str) -> str:
+    """Raise StorageError unless `uri` is a usable store or file location; no I/O.
+
+    The spec validator calls it, so `dsel validate` refuses what `open_store` would refuse
+    later (a bad bucket name, a key escaping its root, a remote file:// host, another scheme,
+    credentials in the URI).
+    """
+    from selection.redact import userinfo_problem
+
+    if not isinstance(uri, str) or not uri.strip():
+        raise StorageError(f"empty storage URI {uri!r}")
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", uri):
+        problem = userinfo_problem(uri)
+        if problem:
+            raise StorageError(problem)
+    if uri.startswith("s3://"):
+        _parse_s3_uri(uri)
+    elif uri.startswith("file://"):
+        netloc = urllib.parse.urlparse(uri).netloc
+        if netloc not in ("", "localhost"):
+            raise StorageError(f"file URI {uri!r} names a remote host {netloc!r}")
+    elif re.match(r"^[A-Za-z][A-Za-z0-9+.\-]*://", uri):
+        raise StorageError(f"unsupported storage URI {uri!r} (use a path, file:// or s3://)")
+    return uri
+
+
+def check_endpoint(endpoint: str, source: str = "endpoint") -> str:
+    """Raise StorageError unless `endpoint` is an http(s) URL without credentials in it."""
+    from selection.redact import redact, userinfo_problem
+
+    problem = userinfo_problem(endpoint)
+    if problem:
+        raise StorageError(f"{source}: {problem}")
+    parsed = urllib.parse.urlsplit(endpoint)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise StorageError(f"{source}: {redact(endpoint)!r} is not an http:// or https:// URL")
+    return endpoint
+
+
 def open_store(
     uri: str,
     *,
@@ -550,6 +612,7 @@ def open_store(
     """
     if not isinstance(uri, str) or not uri.strip():
         raise StorageError(f"empty storage URI {uri!r}")
+    check_uri(uri)
     if uri.startswith("s3://"):
         bucket, prefix = _parse_s3_uri(uri)
         store = S3Store(
@@ -625,7 +688,8 @@ class Manifest:
                     raise ValueError(f"file {name!r}: bad sha256 {digest!r}")
                 files[name] = FileEntry(size=size, sha256=digest)
         except (ValueError, KeyError, TypeError, StorageError) as exc:
-            raise CorruptArtifact(f"unreadable manifest {where}: {exc}") from exc
+            artifact = where.removesuffix("/" + MANIFEST_NAME)
+            raise _corrupt(f"unreadable manifest {where}: {exc}", artifact) from exc
         return cls(files=files, metadata=metadata, created=created)
 
 
@@ -755,14 +819,14 @@ def fetch_artifact(
         try:
             store.get_file(_join(prefix, name), target)
         except ArtifactNotFound as exc:
-            raise CorruptArtifact(
-                f"file {name!r} of artifact {where} is listed in its manifest but missing"
+            raise _corrupt(
+                f"file {name!r} of artifact {where} is listed in its manifest but missing", where
             ) from exc
         if verify:
             size, digest = _sha256_file(target)
             if (size, digest) != (entry.size, entry.sha256):
                 target.unlink(missing_ok=True)
-                raise CorruptArtifact(_mismatch(where, name, entry, size, digest))
+                raise _corrupt(_mismatch(where, name, entry, size, digest), where)
     local.put_bytes(MANIFEST_NAME, manifest.to_json().encode())
     return manifest
 
@@ -781,11 +845,11 @@ def read_artifact_file(
     try:
         data = store.get_bytes(_join(prefix, name))
     except ArtifactNotFound as exc:
-        raise CorruptArtifact(
-            f"file {name!r} of artifact {where} is listed in its manifest but missing"
+        raise _corrupt(
+            f"file {name!r} of artifact {where} is listed in its manifest but missing", where
         ) from exc
     if verify:
         digest = hashlib.sha256(data).hexdigest()
         if (len(data), digest) != (entry.size, entry.sha256):
-            raise CorruptArtifact(_mismatch(where, name, entry, len(data), digest))
+            raise _corrupt(_mismatch(where, name, entry, len(data), digest), where)
     return data

@@ -144,6 +144,20 @@ def _lr_lambda(spec: WarmupSpec, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
+def _refuse_divergence(model, epoch: int, step: int) -> None:
+    """A diverged adapter (NaN or inf weights) would only surface at reduction as an unlocated
+    NaN; stop here, before the checkpoint is committed, and name the setting to change."""
+    from selection.spec import SpecError
+
+    for name, parameter in trainable_parameters(model):
+        if not torch.isfinite(parameter.detach()).all():
+            raise SpecError([(
+                "spec.warmup.learningRate",
+                f"the warmup diverged: adapter weight {name} is not finite after epoch {epoch} "
+                f"(step {step}); lower learningRate (or weightDecay)",
+            )])
+
+
 def train_warmup(
     model,
     examples: Sequence[Tokenized],
@@ -208,6 +222,7 @@ def train_warmup(
             step += 1
             if progress:
                 progress(step, total_steps)
+        _refuse_divergence(model, epoch, step)
         directory = scratch / f"epoch-{epoch}"
         save_checkpoint(directory, model, optimizer, epoch, step, float(np.mean(learning_rates)))
         save(epoch, directory)

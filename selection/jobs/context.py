@@ -15,6 +15,7 @@ from typing import Any
 
 from selection import artifacts, data, spec as spec_module, storage
 from selection.contract import JobArgs, ShardRange, shard_range
+from selection.models import model_identity
 
 
 @dataclass
@@ -71,14 +72,19 @@ class StageContext:
         The first stage calls it, so bad data or an impossible budget fails in seconds instead
         of after warmup and extraction.
         """
+        from selection.model_checks import check_adapter_fits
         from selection.reduce import ReductionError, resolve_budget
 
         pool = len(self.train_examples)
         self.validation_examples
         try:
-            return resolve_budget(self.spec.selection.budget, pool)
+            budget = resolve_budget(self.spec.selection.budget, pool)
         except ReductionError as error:
             raise spec_module.SpecError([("spec.selection.budget", str(error))]) from None
+        self.fingerprints.warmup  # resolves the model source: a missing dir or preset fails here
+        check_adapter_fits(self.spec.model, self.spec.warmup.lora, self.spec.gradients.projection_dim,
+                           cache_dir=self.args.cache_dir, s3=self.args.storage)
+        return budget
 
     # --- model ----------------------------------------------------------------------------
     def load_model(self):
@@ -106,7 +112,9 @@ class StageContext:
     def fingerprints(self) -> artifacts.Fingerprints:
         """What each artifact kind's inputs hash to (the data are read when first needed)."""
         return artifacts.Fingerprints(
-            self.spec, lambda: data.sha256_hex(self._train_bytes), lambda: self._validation_digest
+            self.spec, lambda: data.sha256_hex(self._train_bytes), lambda: self._validation_digest,
+            model_identity=lambda: model_identity(self.spec.model.source, self.spec.model.revision,
+                                                  self.args.cache_dir, self.args.storage),
         )
 
     # --- layout ---------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from selection import artifacts
+from selection import artifacts, data
 from selection.artifacts import DISTILLED_SCORES, EMBEDDINGS, LANDMARK_FEATURES, VALIDATION_FEATURES
 from selection.contract import ShardRange, shard_range
 from selection.jobs import extract
@@ -140,9 +140,12 @@ def save_embeddings(ctx: StageContext, loaded, shard: int, progress: Callable[[i
     g = ctx.spec.gradients
     rows = ctx.shard_range(shard)
     embed = embedder(ctx)
+    tokenized = ctx.tokenize(tokenizer, ctx.train_examples[rows.start : rows.stop])
+    answerless = data.lines_without_answer(
+        ctx.train_examples[rows.start : rows.stop], tokenized, ctx.spec.data.train, ctx.spec.data.max_length
+    )
     embeddings = embed(
-        model, ctx.tokenize(tokenizer, ctx.train_examples[rows.start : rows.stop]),
-        batch_size=g.batch_size, pad_token_id=tokenizer.pad_token_id, progress=progress,
+        model, tokenized, batch_size=g.batch_size, pad_token_id=tokenizer.pad_token_id, progress=progress,
     )
     EMBEDDINGS.save_arrays(
         ctx.artifacts,
@@ -150,6 +153,7 @@ def save_embeddings(ctx: StageContext, loaded, shard: int, progress: Callable[[i
         artifacts.EmbeddingsMetadata(
             fingerprint=ctx.fingerprints.embeddings, epoch=epoch(ctx), start=rows.start, stop=rows.stop,
             rows=rows.stop - rows.start, blocks=embed.kept_blocks(model), dim=int(embeddings.shape[1]),
+            answerless=answerless,
         ),
         shard=shard, shards=g.shards,
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from selection import artifacts
+from selection import artifacts, data
 from selection.artifacts import TRAIN_FEATURES, VALIDATION_FEATURES, WARMUP_CHECKPOINT
 from selection.jobs import runner
 from selection.jobs.context import StageContext
@@ -91,6 +91,9 @@ def run(ctx: StageContext, shard: int, progress: Callable[[int], None] | None = 
     model, tokenizer = _feature_model(ctx)
     ensure_validation_features(ctx, ctx.epochs, model, tokenizer)
     examples = ctx.tokenize(tokenizer, ctx.train_examples[rows.start : rows.stop])
+    answerless = data.lines_without_answer(
+        ctx.train_examples[rows.start : rows.stop], examples, ctx.spec.data.train, ctx.spec.data.max_length
+    )
     projector = _projector(ctx, model)
     for epoch in todo:
         checkpoint = _checkpoint(ctx, epoch)
@@ -107,7 +110,8 @@ def run(ctx: StageContext, shard: int, progress: Callable[[int], None] | None = 
             store,
             {artifacts.FEATURES_FILE: features},
             artifacts.TrainFeaturesMetadata(
-                fingerprint=fingerprints.train, epoch=epoch, start=rows.start, stop=rows.stop
+                fingerprint=fingerprints.train, epoch=epoch, start=rows.start, stop=rows.stop,
+                answerless=answerless,
             ),
             epoch=epoch, shard=shard, shards=g.shards,
         )

@@ -16,6 +16,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from selection.artifacts import EMBEDDINGS, TRAIN_FEATURES
 from selection.jobs import distill, extract, score
 from selection.jobs.context import StageContext
 
@@ -51,6 +52,11 @@ class InfluenceMethod(Protocol):
         """The N x M matrix from the finished shards (built first when the method needs it)."""
         ...
 
+    def answerless_rows(self, ctx: StageContext) -> list[int]:
+        """Rows whose answer maxLength truncated away, as the shards that tokenized them
+        recorded (their matrix rows are made up; the selection excludes them)."""
+        ...
+
 
 class GradientInfluence:
     name = "gradients"
@@ -69,6 +75,14 @@ class GradientInfluence:
         matrix, checksums = score.gather(ctx)
         return InfluenceMatrix(matrix, checksums)
 
+    def answerless_rows(self, ctx: StageContext) -> list[int]:
+        g = ctx.spec.gradients
+        return sorted(
+            row
+            for shard in range(g.shards)
+            for row in TRAIN_FEATURES.metadata(ctx.artifacts, epoch=ctx.epochs[0], shard=shard, shards=g.shards).answerless
+        )
+
 
 class DistilledInfluence:
     name = "distillation"
@@ -85,6 +99,14 @@ class DistilledInfluence:
     def matrix(self, ctx: StageContext) -> InfluenceMatrix:
         matrix, checksums, summary = distill.distilled_matrix(ctx)
         return InfluenceMatrix(matrix, checksums, summary)
+
+    def answerless_rows(self, ctx: StageContext) -> list[int]:
+        g = ctx.spec.gradients
+        return sorted(
+            row
+            for shard in range(g.shards)
+            for row in EMBEDDINGS.metadata(ctx.artifacts, shard=shard, shards=g.shards).answerless
+        )
 
 
 GRADIENT: InfluenceMethod = GradientInfluence()

@@ -10,13 +10,53 @@ distillation it is the distilled one, built here first, and `selection.json` als
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from typing import Any
 
-from selection import artifacts
+from selection import artifacts, spec as spec_module, storage
 from selection.artifacts import SELECTION
 from selection.jobs import runner
 from selection.jobs.context import StageContext
 from selection.jobs.methods import method_for
+
+log = logging.getLogger("dsel.jobs.reduce")
+
+
+def _finished_selection(ctx: StageContext) -> dict[str, Any] | None:
+    """The finished selection document, when both its files still match their manifest.
+
+    A corrupt selection.json or selected.jsonl is cheap to recompute from the scores, so it is
+    recomputed (with a warning) rather than served or failing every rerun.
+    """
+    store = ctx.artifacts
+    try:
+        if not SELECTION.exists(store, ctx.fingerprints):
+            return None
+        prefix = SELECTION.prefix()
+        storage.read_artifact_file(  # verifies it against the manifest
+            store.store, prefix, artifacts.SUBSET_FILE, manifest=store.manifest(prefix)
+        )
+        return SELECTION.load_json(store, artifacts.SELECTION_FILE)
+    except (storage.CorruptArtifact, ValueError) as error:
+        log.warning("recomputing the selection: %s", error)
+        return None
+
+
+def _rows_to_select_from(pool: int, excluded: list[int], budget: int):
+    """Row numbers without the excluded ones (None when nothing is excluded)."""
+    import numpy as np
+
+    if not excluded:
+        return None
+    kept = np.setdiff1d(np.arange(pool), np.asarray(excluded, dtype=np.int64))
+    if budget > len(kept):
+        raise spec_module.SpecError([(
+            "spec.selection.budget",
+            f"{budget} examples requested, but only {len(kept)} of {pool} keep an assistant token "
+            f"within maxLength ({len(excluded)} excluded); raise data.maxLength or lower the budget",
+        )])
+    return kept
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -24,9 +64,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from selection.reduce import reduce_matrix, resolve_budget
 
     store = ctx.artifacts
-    if SELECTION.exists(store, ctx.fingerprints):
-        return SELECTION.load_json(store, artifacts.SELECTION_FILE)
-    influence = method_for(ctx.spec).matrix(ctx)
+    finished = _finished_selection(ctx)
+    if finished is not None:
+        return finished
+    method = method_for(ctx.spec)
+    influence = method.matrix(ctx)
     matrix = influence.matrix
     pool = ctx.train_examples
     if matrix.shape[0] != len(pool):
@@ -36,10 +78,14 @@ def run(ctx: StageContext) -> dict[str, Any]:
     tasks = [e.task for e in ctx.validation_examples]
     sel = ctx.spec.selection
     budget = resolve_budget(sel.budget, len(pool))
+    excluded = method.answerless_rows(ctx)
+    kept = _rows_to_select_from(len(pool), excluded, budget)
     result = reduce_matrix(
-        matrix, tasks, method=sel.method, budget=budget, granularity=sel.granularity,
-        normalize=sel.normalize, iterative=sel.iterative, seed=sel.seed,
+        matrix if kept is None else matrix[kept], tasks, method=sel.method, budget=budget,
+        granularity=sel.granularity, normalize=sel.normalize, iterative=sel.iterative, seed=sel.seed,
     )
+    if kept is not None:
+        result = dataclasses.replace(result, indices=[int(kept[i]) for i in result.indices])
     document = result.to_json_dict()
     document.update(
         {
@@ -51,6 +97,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             "subsetUri": SELECTION.uri(store, artifacts.SUBSET_FILE),
         }
     )
+    if excluded:
+        document["excludedNoAnswer"] = excluded
     if influence.summary is not None:
         document["influence"] = influence.summary
     subset = "".join(pool[i].raw + "\n" for i in result.indices).encode()

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
 
 from selection.contract import EXIT_BAD_INPUT
-from selection.files import write_text_atomically
+from selection.output import OutputError, check_output_path, write_output
+
+# What --budget accepts, before Python's int()/Decimal() (which take '1_0' and non-ASCII digits).
+_BUDGET_TEXT = re.compile(r"^\s*(?:[0-9]+|[0-9]*\.[0-9]+(?:[eE][-+]?[0-9]+)?|[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+)\s*$", re.ASCII)
 
 DESCRIPTION = """\
 Select training examples from an attribution matrix A (N training examples x M validation
@@ -133,7 +137,9 @@ def add_reduce_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _fail(message: str) -> int:
-    print(f"dsel reduce: error: {message}", file=sys.stderr)
+    from selection.redact import redact
+
+    print(redact(f"dsel reduce: error: {message}"), file=sys.stderr)
     return EXIT_BAD_INPUT
 
 
@@ -145,6 +151,16 @@ def run_reduce(args: argparse.Namespace) -> int:
     output = None if args.output in (None, "-") else Path(args.output)
     if output is not None and not output.parent.is_dir():
         return _fail(f"--output {output}: directory {output.parent} does not exist")
+    try:
+        if output is not None:
+            check_output_path(output)
+    except OutputError as error:
+        return _fail(str(error))
+    if not _BUDGET_TEXT.match(str(args.budget)):
+        return _fail(
+            f"--budget {args.budget!r} is not a number written in ASCII digits: a count like 150 "
+            "or a fraction like 0.05 (no '_', no other digits)"
+        )
     try:
         matrix = load_matrix(args.matrix)
         tasks = load_tasks(args.tasks)
@@ -174,7 +190,10 @@ def run_reduce(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
-        write_text_atomically(output, text)
+        try:
+            write_output(output, text)
+        except OutputError as error:
+            return _fail(str(error))
     print(
         f"dsel reduce: {result.method} selected {result.budget} of {n} examples "
         f"in {time.perf_counter() - started:.2f} s"

@@ -7,6 +7,7 @@ concatenated into one in-memory array, one copy in the stored dtype) unless it h
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -25,8 +26,10 @@ def _load_npy(path: Path) -> np.ndarray:
             if "empty" not in str(error).lower():
                 raise
             array = np.load(path, allow_pickle=False)  # numpy cannot map a zero-length array
-    except (OSError, ValueError) as error:
-        raise ReductionError(f"{path}: not a readable .npy array ({error})", input="matrix") from None
+    except (OSError, ValueError, EOFError) as error:
+        raise ReductionError(
+            f"{path}: not a readable .npy array ({error or type(error).__name__})", input="matrix"
+        ) from None
     if not isinstance(array, np.ndarray):
         raise ReductionError(f"{path}: holds an archive, not one .npy array", input="matrix")
     return array
@@ -43,7 +46,7 @@ def load_matrix(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     if path.is_dir():
-        shards = sorted(p for p in path.iterdir() if p.suffix == ".npy" and p.is_file())
+        shards = _row_shards(path)
         if not shards:
             raise ReductionError(f"{path}: directory holds no .npy row shards", input="matrix")
         arrays = [_load_npy(p) for p in shards]
@@ -71,6 +74,28 @@ def load_matrix(path: str | Path) -> np.ndarray:
     array = _load_npy(path)
     _check_array(array, str(path))
     return array
+
+
+def _row_shards(directory: Path) -> list[Path]:
+    """The directory's .npy files in row order; refuses what would silently drop or reorder rows."""
+    entries = sorted(p for p in directory.iterdir() if p.suffix == ".npy")
+    for entry in entries:
+        if not entry.is_file():
+            what = "a dangling symlink" if entry.is_symlink() and not entry.exists() else "not a regular file"
+            raise ReductionError(
+                f"{entry}: row shard is {what}; skipping it would renumber every later row",
+                input="matrix",
+            )
+    numbered = [tuple(int(n) for n in re.findall(r"[0-9]+", p.name)) for p in entries]
+    if numbered != sorted(numbered):
+        first = next(i for i in range(1, len(entries)) if numbered[i] < numbered[i - 1])
+        raise ReductionError(
+            f"{directory}: shard names sort differently as text and as numbers "
+            f"({entries[first - 1].name} before {entries[first].name}); zero-pad the shard "
+            "numbers (shard-00000-of-00004.npy) so that name order is row order",
+            input="matrix",
+        )
+    return entries
 
 
 def _check_array(array: np.ndarray, where: str) -> None:
@@ -120,6 +145,12 @@ def load_tasks(path: str | Path) -> list[str]:
         raise ReductionError(f"{path}: no such file", input="tasks") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ReductionError(f"{path}: cannot read task labels ({error})", input="tasks") from None
+    if text.startswith("\ufeff"):
+        raise ReductionError(
+            f"{path}, line 1: starts with a UTF-8 byte-order mark, which would become part of the "
+            "first task label; save the file as UTF-8 without BOM",
+            input="tasks",
+        )
     labels = [line.strip() for line in text.splitlines()]
     for number, label in enumerate(labels, start=1):
         if not label:

@@ -20,16 +20,16 @@ def resource(**resources) -> spec_module.DataSelection:
         "metadata": {"name": "demo", "namespace": "ns", "annotations": {"kubectl": "noise"}, "uid": "u"},
         "spec": {
             "model": {"source": "tiny:llama-demo"},
-            "data": {"train": "s3://b/t.jsonl", "validation": [{"task": "x", "uri": "s3://b/v.jsonl"}]},
+            "data": {"train": "s3://bkt/t.jsonl", "validation": [{"task": "x", "uri": "s3://bkt/v.jsonl"}]},
             "gradients": {"shards": 4},
             "selection": {"budget": 0.1},
-            "storage": {"uri": "s3://b/art/", "endpoint": "http://s3.local:9000", "credentialsSecret": "s3-creds"},
+            "storage": {"uri": "s3://bkt/art/", "endpoint": "http://s3.local:9000", "credentialsSecret": "s3-creds"},
             "resources": resources,
         },
     })
 
 
-STORAGE = StorageLocation("s3://b/art", "http://s3.local:9000", None, "s3-creds")
+STORAGE = StorageLocation("s3://bkt/art", "http://s3.local:9000", None, "s3-creds")
 
 
 def pod(job: dict) -> dict:
@@ -42,7 +42,7 @@ def test_configmap_holds_the_job_arguments_document():
     assert config_map["metadata"]["labels"]["dsel.dev/selection"] == "demo"
     document = json.loads(config_map["data"]["args.json"])
     args = JobArgs.from_document(document)  # exactly what the worker will parse
-    assert args.storage.uri == "s3://b/art" and args.storage.endpoint == "http://s3.local:9000" and args.shard is None
+    assert args.storage.uri == "s3://bkt/art" and args.storage.endpoint == "http://s3.local:9000" and args.shard is None
     assert args.resource.spec == resource().spec
     assert document["resource"]["metadata"] == {"name": "demo", "namespace": "ns"}  # no live metadata
     assert config_map["metadata"]["annotations"]["dsel.dev/credentials-secret"] == "s3-creds"
@@ -109,7 +109,7 @@ def test_credentials_are_referenced_never_copied():
                                         "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}}}
     assert env["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
     assert all("value" not in e for e in env.values() if e["name"].startswith("AWS_"))
-    no_secret = manifests.build_job("reduce", resource(), StorageLocation("s3://b", None, None, None), SETTINGS)
+    no_secret = manifests.build_job("reduce", resource(), StorageLocation("s3://bkt", None, None, None), SETTINGS)
     assert not [e for e in pod(no_secret)["containers"][0]["env"] if e["name"].startswith("AWS_")]
 
 
@@ -126,7 +126,7 @@ def test_storage_resolution_uses_operator_defaults():
                                 s3_credentials_secret="default")
     parsed = spec_module.parse_selection({
         "apiVersion": "dsel.dev/v1alpha1", "kind": "DataSelection", "metadata": {"name": "n", "namespace": "team"},
-        "spec": {"model": {"source": "m"}, "data": {"train": "s3://b/t", "validation": [{"uri": "s3://b/v"}]},
+        "spec": {"model": {"source": "m"}, "data": {"train": "s3://bkt/t", "validation": [{"uri": "s3://bkt/v"}]},
                  "selection": {"budget": 1}},
     })
     assert manifests.resolve_storage(parsed, settings) == StorageLocation(

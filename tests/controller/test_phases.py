@@ -18,10 +18,10 @@ SETTINGS = OperatorSettings(worker_image="worker:test", s3_credentials_secret="d
 def resource(generation: int = 1, status: dict | None = None, **spec_changes: Any) -> dict:
     spec = {
         "model": {"source": "tiny:llama-demo"},
-        "data": {"train": "s3://b/data/train.jsonl", "validation": [{"task": "t", "uri": "s3://b/data/v.jsonl"}]},
+        "data": {"train": "s3://bkt/data/train.jsonl", "validation": [{"task": "t", "uri": "s3://bkt/data/v.jsonl"}]},
         "gradients": {"shards": 2},
         "selection": {"budget": 3},
-        "storage": {"uri": "s3://b/art"},
+        "storage": {"uri": "s3://bkt/art"},
     }
     spec.update(spec_changes)
     return {
@@ -67,7 +67,7 @@ def test_a_new_resource_starts_with_its_configmap_and_warmup_job():
     assert plan.create_config_map and plan.create_jobs == ("warmup",)
     assert plan.status["phase"] == phases.PENDING and plan.status["startTime"] == NOW
     assert plan.status["startedGeneration"] == 1 and plan.status["observedGeneration"] == 1
-    assert plan.status["artifacts"]["selection"] == "s3://b/art/selection/selection.json"
+    assert plan.status["artifacts"]["selection"] == "s3://bkt/art/selection/selection.json"
     assert plan.storage.credentials_secret == "default-secret"
     assert [e.reason for e in plan.events] == ["PhaseChanged"]
 
@@ -157,8 +157,8 @@ def test_a_failure_without_pods_quotes_the_job_condition():
         ({"selection": {"budget": -1}}, "spec.selection.budget"),
         ({"storage": {}}, "spec.storage.uri"),
         ({"storage": {"uri": "/data/out"}}, "spec.storage.uri"),
-        ({"data": {"train": "train.jsonl", "validation": [{"task": "t", "uri": "s3://b/v.jsonl"}]}}, "spec.data.train"),
-        ({"data": {"train": "s3://b/t.jsonl", "validation": [{"task": "t", "uri": "v.jsonl"}]}},
+        ({"data": {"train": "train.jsonl", "validation": [{"task": "t", "uri": "s3://bkt/v.jsonl"}]}}, "spec.data.train"),
+        ({"data": {"train": "s3://bkt/t.jsonl", "validation": [{"task": "t", "uri": "v.jsonl"}]}},
          "spec.data.validation[0].uri"),
     ],
 )
