@@ -103,7 +103,8 @@ async def drive_every_path(kube, api, s3, tmp_path) -> None:
 async def test_rbac_grants_exactly_what_the_operator_calls(kube, api, s3, tmp_path, monkeypatch, mode):
     namespaces = ("default",) if mode == "namespaced" else ()
     monkeypatch.setenv("DSEL_WORKER_SERVICE_ACCOUNT", "dsel-worker")  # missing at first: FailedCreate
-    monkeypatch.setenv("DSEL_POD_START_GRACE_SECONDS", "6")
+    # Long enough for the others to start once the account exists, even on a loaded machine.
+    monkeypatch.setenv("DSEL_POD_START_GRACE_SECONDS", "20")
     async with running_operator(namespaces):
         await drive_every_path(kube, api, s3, tmp_path)
     sent = [c for c in kube.calls if c.token == OPERATOR_TOKEN]
