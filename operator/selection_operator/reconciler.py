@@ -222,9 +222,18 @@ async def waiting_detail(
         events = [e for e in await ctx.cluster.list_events(namespace, "Job", job.name)
                   if e.get("reason") == "FailedCreate"]
         if events:
-            latest = max(events, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
-            return phases.Waiting("FailedCreate", latest.get("message") or "", f"Job {job.name}")
+            latest = max(events, key=_event_time)
+            newest_pod = max((str((p.get("metadata") or {}).get("creationTimestamp") or "") for p in pods), default="")
+            # An Event outlives its cause (an hour by default): one older than the Job's newest
+            # pod is about a failure that has since gone away.
+            if _event_time(latest) >= newest_pod:
+                return phases.Waiting("FailedCreate", latest.get("message") or "", f"Job {job.name}")
     return None
+
+
+def _event_time(event: Mapping[str, Any]) -> str:
+    return str(event.get("lastTimestamp") or event.get("eventTime") or (event.get("metadata") or {}).get(
+        "creationTimestamp") or "")
 
 
 async def storage_credentials(ctx: Context, namespace: str, secret: str | None) -> dict[str, str] | None:

@@ -89,7 +89,8 @@ async def test_selection_runs_through_all_phases(kube, api, s3, tmp_path):
 
 async def test_failing_shard_retries_then_fails_naming_shard_and_error(kube, api, s3, tmp_path):
     await create(api, selection_body("beta", s3["uri"], s3["endpoint"], shards=3, backoffLimitPerIndex=1))
-    async with stub_runner(kube, tmp_path, DSEL_STUB_FAIL="shard:1") as runner, running_operator() as operator:
+    async with stub_runner(kube, tmp_path, DSEL_STUB_FAIL="shard:1", DSEL_STUB_FAIL_DELAY="1") as runner, \
+            running_operator() as operator:
         obj = await wait_phase(kube, "beta", "Failed")
         metrics = operator.context.metrics.registry
     failed = condition(obj, "Failed")

@@ -334,7 +334,7 @@ class LocalJobRunner:
             attempt = 0
             failures = 0
             while True:
-                async with job_slots, self._slots:
+                async with job_slots:
                     this_pod = {"created": False}
 
                     async def changed(change: str, this_pod: dict[str, bool] = this_pod) -> None:
@@ -509,23 +509,27 @@ class LocalJobRunner:
                                            "image": container.get("image"),
                                            "state": {"waiting": {"reason": waiting[0], "message": waiting[1]}}}]})
             await asyncio.sleep(self.kubelet_retry)
-        if self.command_override is not None:
-            argv = self.command_override(job, index, attempt, argv) or argv
-        run.argv = argv
-        started = _now()
-        await self._patch_status(pod_path, {"phase": "Running", "startTime": started, "conditions": [
-            scheduled, {"type": "Ready", "status": "True"}], "containerStatuses": [
-            {"name": container["name"], "ready": True, "restartCount": 0, "state": {"running": {"startedAt": started}}}
-        ]})
-        await pod_changed("started")
-        try:
-            run.started = time.monotonic()
-            code = await self._execute(argv, env, pod_dir, run)
-            if code < 0:  # killed by a signal: the runtime reports 128 + the signal number
-                code = 128 - code
-            run.finished = time.monotonic()
-        finally:
-            await pod_changed("stopped")
+        # Only running containers take one of the runner's local slots (`max_parallel`): a pod
+        # that waits (unschedulable, image, config) blocks no other pod, as on a cluster; a pod
+        # waiting for a slot is Pending in ContainerCreating.
+        async with self._slots:
+            if self.command_override is not None:
+                argv = self.command_override(job, index, attempt, argv) or argv
+            run.argv = argv
+            started = _now()
+            await self._patch_status(pod_path, {"phase": "Running", "startTime": started, "conditions": [
+                scheduled, {"type": "Ready", "status": "True"}], "containerStatuses": [
+                {"name": container["name"], "ready": True, "restartCount": 0, "state": {"running": {"startedAt": started}}}
+            ]})
+            await pod_changed("started")
+            try:
+                run.started = time.monotonic()
+                code = await self._execute(argv, env, pod_dir, run)
+                if code < 0:  # killed by a signal: the runtime reports 128 + the signal number
+                    code = 128 - code
+                run.finished = time.monotonic()
+            finally:
+                await pod_changed("stopped")
         run.exit_code = code
         terminated: dict[str, Any] = {
             "exitCode": code, "reason": "Completed" if code == 0 else "Error",
