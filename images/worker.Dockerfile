@@ -37,10 +37,14 @@ RUN grep -v -E '^torch==' /tmp/constraints.txt > /tmp/constraints-image.txt \
 RUN groupadd --system --gid 65532 dsel \
  && useradd --system --uid 65532 --gid 65532 --home-dir /home/dsel --create-home \
       --shell /usr/sbin/nologin dsel
-# Caches (Hugging Face, torch) go to the home directory, which the user owns; mount a volume
-# there (or at /tmp) when the pod's root filesystem is read-only.
+# Caches (Hugging Face, torch) go to the home directory, which the user owns, when the image runs
+# on its own. The operator's Job pods have a read-only root filesystem and point HOME, TMPDIR,
+# HF_HOME, TORCH_HOME and XDG_CACHE_HOME at sized emptyDir volumes instead.
+# Idle OpenMP threads sleep instead of spinning: spinning made 2-thread runs up to 25x slower on a
+# shared node (docs/performance.md); the Jobs also set the thread count from the pod's CPU request.
 ENV HOME=/home/dsel \
     HF_HOME=/home/dsel/.cache/huggingface \
+    OMP_WAIT_POLICY=PASSIVE \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /home/dsel

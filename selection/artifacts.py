@@ -163,7 +163,7 @@ class Fingerprints:
         self._model_identity = model_identity
 
     def _hash(self, inputs: dict[str, Any]) -> str:
-        from selection.spec import spec_fingerprint
+        from selection.spec import spec_fingerprint  # deferred: pydantic would double the operator-facing import time
 
         return spec_fingerprint(inputs)
 
@@ -347,9 +347,10 @@ class ArtifactKind(Generic[M]):
     replace_stale: bool = False
 
     def prefix(self, **where: int) -> str:
+        fields: dict[str, int | str] = dict(where)
         if "shard" in where:
-            where = {**where, "shard_name": shard_name(where["shard"], where["shards"])}
-        return self.template.format(**where)
+            fields["shard_name"] = shard_name(where["shard"], where["shards"])
+        return self.template.format(**fields)
 
     def exists(self, store: ArtifactStore, fingerprints: Fingerprints, **where: int) -> bool:
         """Finished with the current inputs (StaleArtifactError when finished with others)."""

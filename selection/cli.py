@@ -9,7 +9,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from selection.contract import EXIT_BAD_INPUT
+from selection.contract import EXIT_BAD_INPUT, JobArgs, StorageLocation
+from selection.crd import add_crd_parser
+from selection.jobs.context import StageContext
+from selection.output import check_output_path, write_output
+from selection.jobs.runner import user_errors
+from selection.reduce.cli import add_reduce_parser
+from selection.redact import redact
+from selection.spec import SpecError, load_selection
+from selection.threads import configure_threads
 
 
 def _summary(document: dict[str, Any]) -> str:
@@ -35,8 +43,6 @@ def _summary(document: dict[str, Any]) -> str:
 
 def _write_output(path: str, document: dict[str, Any]) -> None:
     """Write atomically (a reader never sees a half-written selection); see selection.output."""
-    from selection.output import write_output
-
     write_output(path, json.dumps(document, indent=2) + "\n", "--output")
 
 
@@ -44,8 +50,6 @@ def _write_output(path: str, document: dict[str, Any]) -> None:
 def _naming_spec_file(spec_path: str) -> Iterator[None]:
     """Problems found after parsing (the budget against the pool, LoRA against the model)
     name the spec file too, like the ones the parser finds."""
-    from selection.spec import SpecError
-
     try:
         yield
     except SpecError as error:
@@ -55,9 +59,7 @@ def _naming_spec_file(spec_path: str) -> Iterator[None]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from selection.local import run_selection
-    from selection.output import check_output_path
-    from selection.spec import load_selection
+    from selection.local import run_selection  # deferred: only `dsel run` needs every stage module
 
     resource = load_selection(args.spec)
     if args.output:
@@ -79,13 +81,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from selection.spec import load_selection
-
     resource = load_selection(args.spec)
     if args.check_data:
-        from selection.contract import JobArgs, StorageLocation
-        from selection.jobs.context import StageContext
-
         storage = resource.spec.storage
         location = StorageLocation(uri="unused", endpoint=storage.endpoint, region=storage.region)
         ctx = StageContext(JobArgs(resource, location, base_dir=str(Path(args.spec).resolve().parent)))
@@ -129,26 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--check-data", action="store_true", help="also read and check the JSONL files")
     validate.set_defaults(handler=_validate)
 
-    from selection.reduce.cli import add_reduce_parser
-
     add_reduce_parser(commands)
-
-    from selection.crd import add_crd_parser
-
     add_crd_parser(commands)
 
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from selection.jobs.runner import user_errors
+    configure_threads()  # before anything imports torch (the stages import it lazily): OpenMP reads these once
 
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
     except user_errors() as error:
-        from selection.redact import redact
-
         print(redact(f"dsel {args.command}: error: {error}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -21,6 +21,9 @@ from selection import spec as spec_module
 # Exit code of every entrypoint for deterministic bad input (spec, data, arguments, a refused
 # rerun): retrying cannot help, so the Jobs' pod failure policy fails the Job (or index) at once.
 EXIT_BAD_INPUT = 2
+# Exit code for a transient fault (S3 unreachable, 5xx/SlowDown, a hub 429) that outlasted the
+# stage's own retries (EX_TEMPFAIL): not bad input, so the Job retries the pod.
+EXIT_RETRYABLE = 75
 
 # Set by Kubernetes in each pod of an Indexed Job; the shard when the document names none.
 SHARD_INDEX_ENV = "JOB_COMPLETION_INDEX"
@@ -36,6 +39,9 @@ class Stage:
     entrypoint: str  # `python -m selection.jobs <entrypoint> <args.json>`
     indexed: bool  # an Indexed Job, one completion per shard (JOB_COMPLETION_INDEX)
     progress: str  # status.progress while it runs; an indexed stage's follows "done/total "
+    # Whether its pods get spec.resources.gpus; a stage that computes on CPU gets none unless
+    # spec.resources.stages.<name>.gpus asks for some.
+    uses_gpus: bool = True
 
     @property
     def failure_action(self) -> str:
@@ -56,7 +62,9 @@ STAGES: tuple[Stage, ...] = (
     # Extract and score one shard; with influence distillation, its embeddings and landmark
     # gradients instead (`shard` decides).
     Stage(name="extract", phase="Extracting", entrypoint="shard", indexed=True, progress="shards"),
-    Stage(name="reduce", phase="Reducing", entrypoint="reduce", indexed=False, progress="reducing"),
+    # Reduction works on the score matrices with numpy: no GPU to hold.
+    Stage(name="reduce", phase="Reducing", entrypoint="reduce", indexed=False, progress="reducing",
+          uses_gpus=False),
 )
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)
 _STAGE_BY_NAME = {stage.name: stage for stage in STAGES}

@@ -192,7 +192,7 @@ def _longest_token_chars(tokenizer) -> int:
 
 def chat_template_for(tokenizer, choice: str) -> str:
     """The Jinja template to use: the tokenizer's own ('auto' when it has one) or the plain one."""
-    from selection.models import PLAIN_CHAT_TEMPLATE
+    from selection.models import PLAIN_CHAT_TEMPLATE  # deferred: models pulls in the contract and pydantic
 
     own = getattr(tokenizer, "chat_template", None)
     if choice == "auto" and isinstance(own, str) and own:
@@ -268,7 +268,7 @@ def lines_without_answer(
 
 def collate(batch: Sequence[Tokenized], pad_token_id: int):
     """Right-padded tensors: input_ids, attention_mask, labels (padding labelled IGNORE_INDEX)."""
-    import torch
+    import torch  # deferred: `dsel validate` and the jobs' start parse data without torch
 
     width = max(len(item.input_ids) for item in batch)
     input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)

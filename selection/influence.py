@@ -23,7 +23,7 @@ def checkpoint_weights(mean_learning_rates: Sequence[float]) -> np.ndarray:
 def attribution_rows(
     train_features: Sequence[np.ndarray],
     validation_features: Sequence[np.ndarray],
-    weights: Sequence[float],
+    weights: Sequence[float] | np.ndarray,
 ) -> np.ndarray:
     """Rows of A for one shard: train_features[c] is (n, d), validation_features[c] is (M, d).
 

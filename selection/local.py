@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from tqdm import tqdm
+
 from selection.contract import JobArgs, StorageLocation
 from selection.jobs import reduce, warmup
 from selection.jobs.context import StageContext
@@ -32,8 +34,6 @@ def _bar(enabled: bool, total: int, description: str) -> Iterator[Any]:
             def update(self, n: int = 1) -> None: ...
         yield Silent()
         return
-    from tqdm import tqdm
-
     with tqdm(total=total, desc=description, unit="ex", dynamic_ncols=True, leave=True) as bar:
         yield bar
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -126,7 +127,8 @@ class DecoderHead:
         return split
 
 
-_CHECKED: "weakref.WeakKeyDictionary[torch.nn.Module, DecoderHead | bool]" = weakref.WeakKeyDictionary()
+# False: checked, and the model has no such split.
+_CHECKED: "weakref.WeakKeyDictionary[torch.nn.Module, DecoderHead | Literal[False]]" = weakref.WeakKeyDictionary()
 
 
 def _split(model) -> DecoderHead | None:

@@ -26,7 +26,7 @@ def adapted_layers(model, target_modules: list[str]) -> dict[str, list[tuple[str
         if isinstance(module, torch.nn.Linear):
             shape = (module.in_features, module.out_features)
         elif isinstance(module, Conv1D):
-            shape = tuple(module.weight.shape)
+            shape = (int(module.weight.shape[0]), int(module.weight.shape[1]))
         else:
             continue
         for target in target_modules:

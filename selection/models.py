@@ -8,6 +8,8 @@ built from a `LlamaConfig` with a seed and a byte-level tokenizer made locally, 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -68,6 +70,7 @@ def default_cache_dir() -> Path:
 
 def build_byte_tokenizer():
     """A byte-level BPE tokenizer with no merges (256 byte tokens + specials), built offline."""
+    # deferred here and below: light modules import models for its errors and constants
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -90,7 +93,7 @@ def build_byte_tokenizer():
 
 def build_tiny_model(preset: str, directory: str | Path, seed: int = 0) -> Path:
     """Build a seeded tiny Llama and its tokenizer and save both to `directory`."""
-    import torch
+    import torch  # deferred (see build_byte_tokenizer)
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -144,9 +147,6 @@ def _materialize(target: Path, fill) -> Path:
 
 def _tiny_recipe_hash(preset: str) -> str:
     """Cache key of a tiny model: a changed preset or template must not reuse an old build."""
-    import hashlib
-    import json
-
     recipe = json.dumps([TINY_PRESETS[preset], PLAIN_CHAT_TEMPLATE], sort_keys=True)
     return hashlib.sha256(recipe.encode()).hexdigest()[:12]
 
@@ -194,15 +194,14 @@ def resolve_model_dir(
 
 
 def _digest(value: Any) -> str:
-    import hashlib
-    import json
-
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
 def _s3_versions(source: str, s3: StorageLocation | None):
     reach = s3 or StorageLocation(uri=source)
     store = storage.open_store(source, endpoint_url=reach.endpoint, region=reach.region)
+    if not isinstance(store, storage.S3Store):  # an s3:// source always opens an S3Store
+        raise ModelLoadError(f"model.source '{source}': not an S3 location")
     versions = store.list_versions()
     if not versions:
         raise ModelLoadError(f"model.source '{source}': no objects under this S3 prefix")
@@ -230,24 +229,29 @@ def resolve_hub_commit(name: str, revision: str | None) -> str:
     """
     if revision and _COMMIT.match(revision):
         return revision
-    try:
-        from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, constants, errors as hub_errors
 
+    hub_error: Exception | None = None
+    try:
         sha = HfApi().model_info(name, revision=revision).sha
         if sha:
             return sha
-    except Exception:  # offline, or a private repo without a token: try the local cache
-        pass
-    from huggingface_hub import constants
-
+    except Exception as error:  # offline, or a private repo without a token: try the local cache
+        hub_error = error
     ref = Path(constants.HF_HUB_CACHE) / f"models--{name.replace('/', '--')}" / "refs" / (revision or "main")
     try:
         return ref.read_text().strip()
     except OSError:
-        raise ModelLoadError(
-            f"model.source '{name}': cannot resolve revision {revision or 'main'!r} to a commit "
-            "(hub unreachable and not in the local cache)"
-        ) from None
+        pass
+    # The hub's own verdict (no such repo or revision, gated, offline mode) is final; anything
+    # else (429, 5xx, a dropped connection) stays the cause, so the stage retries it as transient.
+    final = (hub_errors.RepositoryNotFoundError, hub_errors.RevisionNotFoundError,
+             hub_errors.GatedRepoError, hub_errors.OfflineModeIsEnabled)
+    cause = None if hub_error is None or isinstance(hub_error, final) else hub_error
+    raise ModelLoadError(
+        f"model.source '{name}': cannot resolve revision {revision or 'main'!r} to a commit "
+        "(hub unreachable and not in the local cache)"
+    ) from cause
 
 
 def model_identity(
@@ -274,7 +278,7 @@ def model_identity(
 
 def pick_device_and_dtype(requested: str = "auto"):
     """CUDA when present; bf16 on GPUs that support it, fp32 on CPU (docs/algorithms.md §3)."""
-    import torch
+    import torch  # deferred (see build_byte_tokenizer)
 
     if torch.cuda.is_available():
         device = torch.device("cuda")
@@ -297,7 +301,7 @@ def load_model_and_tokenizer(
     s3: StorageLocation | None = None,
 ):
     """Load (model, tokenizer) for `source`; the model is on the chosen device, in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # deferred (see build_byte_tokenizer)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # dsel shows its own per-stage progress

@@ -372,7 +372,7 @@ class S3Store:
     @contextlib.contextmanager
     def _errors(self, what: str, key: str | None = None) -> Iterator[None]:
         """Translate botocore failures into StorageError with the URI and endpoint in it."""
-        from boto3.exceptions import S3UploadFailedError
+        from boto3.exceptions import S3UploadFailedError  # deferred with boto3 (see _make_s3_client)
         from botocore.exceptions import (
             BotoCoreError,
             ClientError,
@@ -425,7 +425,7 @@ class S3Store:
 
     def _head_bucket(self) -> int:
         """HTTP status of HeadBucket (200, 403 or 404); other failures raise StorageError."""
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError  # deferred with boto3 (see _make_s3_client)
 
         with self._errors("open"):
             try:
@@ -451,7 +451,7 @@ class S3Store:
 
     def ensure_bucket(self) -> None:
         """Create the bucket if missing (tests and the demo; jobs expect it to exist)."""
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError  # deferred with boto3 (see _make_s3_client)
 
         if self._head_bucket() != 404:
             return

@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from selection.data import Tokenized, collate
 from selection.loss import model_loss
@@ -36,7 +37,7 @@ def warmup_indices(pool_size: int, fraction: float, seed: int) -> list[int]:
 
 def attach_lora(model, lora, seed: int):
     """Wrap `model` with LoRA adapters, initialized from `seed`."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # deferred: peft imports transformers (~3x torch's import time)
 
     config = LoraConfig(
         r=lora.r,
@@ -77,8 +78,6 @@ class Checkpoint:
 
 def save_checkpoint(directory: Path, model, optimizer, epoch: int, step: int, mean_lr: float) -> None:
     """Write adapter, name-keyed Adam moments and metadata to `directory`."""
-    from safetensors.torch import save_file
-
     directory.mkdir(parents=True, exist_ok=True)
     named = trainable_parameters(model)
     adapter = {name: p.detach().cpu().contiguous() for name, p in named}
@@ -100,8 +99,6 @@ def save_checkpoint(directory: Path, model, optimizer, epoch: int, step: int, me
 
 
 def load_checkpoint(directory: Path) -> Checkpoint:
-    from safetensors.torch import load_file
-
     info = json.loads((Path(directory) / INFO_FILE).read_text())
     moments = load_file(str(Path(directory) / OPTIMIZER_FILE))
     return Checkpoint(
@@ -195,8 +192,8 @@ def train_warmup(
                 "exp_avg_sq": resume_from.exp_avg_sq[name].to(device, parameter.dtype).clone(),
             }
         first_epoch, resumed_steps = resume_from.epoch + 1, resume_from.step
-    for group in optimizer.param_groups:
-        group.setdefault("initial_lr", group["lr"])
+    for param_group in optimizer.param_groups:
+        param_group.setdefault("initial_lr", param_group["lr"])
     # last_epoch places the schedule at the resumed step without replaying it
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(spec, total_steps), last_epoch=resumed_steps - 1

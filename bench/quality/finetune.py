@@ -11,7 +11,7 @@ thing that differs between two runs of one seed is the data.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 

@@ -21,7 +21,7 @@ LEGACY_FINALIZER = "dsel.dev/cleanup"
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Read the DSEL_* environment, connect, and start the metrics endpoint."""
     config = OperatorSettings.from_env()
     if config.logging_level is not None:
@@ -60,10 +60,10 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 # wake-up events (kopf runs sync handlers in threads). No handler here needs a finalizer.
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def selection_changed(
-    type: str, body: kopf.Body, memo: kopf.Memo, logger: logging.Logger, **_: Any
+    type: str, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
     meta = body.get("metadata", {})
-    namespace, name = meta.get("namespace"), meta.get("name")
+    namespace, name = _namespaced(meta.get("namespace")), meta.get("name")
     if type == "DELETED" or meta.get("deletionTimestamp"):
         memo.dsel.supervisor.stop(namespace, name)
         memo.dsel.metrics.set_phase(namespace, name, None)
@@ -74,5 +74,12 @@ async def selection_changed(
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={manifests.LABEL_SELECTION: kopf.PRESENT})
-async def job_changed(labels: kopf.Labels, namespace: str, memo: kopf.Memo, **_: Any) -> None:
-    memo.dsel.wakeups.poke(namespace, labels[manifests.LABEL_SELECTION])
+async def job_changed(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    memo.dsel.wakeups.poke(_namespaced(namespace), labels[manifests.LABEL_SELECTION])
+
+
+def _namespaced(namespace: str | None) -> str:
+    """kopf types `namespace` for cluster-scoped kinds too; DataSelections and Jobs always have one."""
+    if namespace is None:
+        raise kopf.PermanentError("expected a namespaced object, got one without metadata.namespace")
+    return namespace

@@ -100,8 +100,7 @@ class Metrics:
             if pods - max(shards, 0) > 0:
                 self.shard_retries.labels(stage=stage).inc(pods - max(shards, 0))
             state = after.get("state")
-            finished = state in (phases.STATE_SUCCEEDED, phases.STATE_FAILED)
-            if finished and before.get("state") != state:
+            if state in (phases.STATE_SUCCEEDED, phases.STATE_FAILED) and before.get("state") != state:
                 seconds = _seconds_between(after.get("startTime"), after.get("completionTime"))
                 if seconds is not None:
                     self.stage_duration.labels(stage=stage, outcome=state.lower()).observe(seconds)

@@ -29,7 +29,7 @@ from selection import spec as spec_module
 from selection.contract import StorageLocation
 from selection.redact import redact
 
-from selection_operator import manifests, status as conditions
+from selection_operator import admission, manifests, status as conditions
 from selection_operator.settings import OperatorSettings
 
 PENDING = "Pending"
@@ -342,7 +342,7 @@ def _load_or_start(r: _Round) -> Plan | None:
         storage = manifests.resolve_storage(live, obs.settings)
     except spec_module.SpecError as error:
         return _fail(r, "InvalidSpec", f"invalid spec: {_problems_text(error.problems)}", "invalid spec")
-    problems = manifests.cluster_problems(live)
+    problems = admission.admission_problems(live, storage.uri, obs.settings)
     if problems:
         return _fail(r, "InvalidSpec", f"invalid spec: {_problems_text(problems)}", "invalid spec")
     r.resource, r.storage = live, storage

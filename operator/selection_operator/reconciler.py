@@ -13,10 +13,9 @@ import asyncio
 import dataclasses
 import datetime
 import json
-import logging
 import traceback
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -280,13 +279,13 @@ async def gather_needs(
 
 
 async def _create(ctx: Context, obj: dict[str, Any], owner: Mapping[str, Any]) -> bool:
-    kopf.adopt(obj, owner=dict(owner))
+    manifests.adopt(obj, owner)  # not kopf.adopt: the owner's labels must not leak onto children
     return await ctx.cluster.create(obj)
 
 
 async def apply(
     ctx: Context, resource: Mapping[str, Any], observation: phases.Observation, plan: phases.Plan,
-    logger: logging.Logger,
+    logger: kopf.Logger,
 ) -> phases.Plan:
     """Create what the plan names, then write its status and Events, even when a create failed.
 
@@ -311,7 +310,8 @@ async def apply(
     if patch is not None:
         await ctx.cluster.patch_selection_status(namespace, name, patch)
     for event in plan.events:
-        kopf.event(dict(resource), type=event.type, reason=event.reason, message=redact(event.message))
+        owner = kopf.Body(cast(kopf.RawBody, dict(resource)))  # a raw object from the API: kopf's view of it
+        kopf.event(owner, type=event.type, reason=event.reason, message=redact(event.message))
         (logger.warning if event.type == "Warning" else logger.info)("%s: %s", event.reason, redact(event.message))
     ctx.metrics.record(old, plan.status)
     ctx.metrics.set_phase(namespace, name, plan.status.get("phase"))
@@ -321,7 +321,7 @@ async def apply(
 
 
 async def _create_children(
-    ctx: Context, resource: Mapping[str, Any], plan: phases.Plan, logger: logging.Logger
+    ctx: Context, resource: Mapping[str, Any], plan: phases.Plan, logger: kopf.Logger
 ) -> None:
     meta = resource["metadata"]
     namespace, name = meta["namespace"], meta["name"]
@@ -343,7 +343,7 @@ async def _create_children(
             logger.info("created Job %s", job["metadata"]["name"])
 
 
-async def reconcile(ctx: Context, namespace: str, name: str, logger: logging.Logger) -> bool:
+async def reconcile(ctx: Context, namespace: str, name: str, logger: kopf.Logger) -> bool:
     """One round for one resource: True when it is idle (finished, gone or being deleted)."""
     resource = await ctx.cluster.get_selection(namespace, name)
     if resource is None or resource.get("metadata", {}).get("deletionTimestamp"):
@@ -368,7 +368,7 @@ async def _sleep(wake: asyncio.Event, stopped: asyncio.Event, timeout: float | N
 
 
 async def watch_over(
-    ctx: Context, namespace: str, name: str, logger: logging.Logger, stopped: asyncio.Event
+    ctx: Context, namespace: str, name: str, logger: kopf.Logger, stopped: asyncio.Event
 ) -> None:
     """Reconcile on wake-ups, and periodically while the selection runs, until stopped."""
     wake = ctx.wakeups.register(namespace, name)
@@ -407,7 +407,7 @@ class Supervisor:
         self.ctx = ctx
         self._loops: dict[tuple[str, str], tuple[asyncio.Task, asyncio.Event]] = {}
 
-    def ensure(self, namespace: str, name: str, generation: Any, logger: logging.Logger) -> None:
+    def ensure(self, namespace: str, name: str, generation: Any, logger: kopf.Logger) -> None:
         """Start the resource's loop unless it runs; wake it when the spec changed."""
         key = (namespace, name)
         running = self._loops.get(key)

@@ -19,6 +19,27 @@ The Helm chart sets these names (keep them stable):
     DSEL_POD_START_GRACE_SECONDS  how long a stage's pods may wait to start (missing Secret,
                                   image pull errors, no service account, unschedulable) before
                                   the stage fails (default 900)
+    DSEL_WORKER_IMAGE_PULL_SECRETS  comma-separated Secret names: imagePullSecrets of the job pods
+    DSEL_WORKER_DEFAULT_MEMORY    memory request and limit of job pods whose spec sets none
+                                  (a quantity such as 8Gi; default: none)
+
+Tenant confinement and what a spec may set (empty: unrestricted), enforced before anything is
+created; a spec that breaks them ends Failed with reason InvalidSpec:
+
+    DSEL_CONFINE_STORAGE          true: every artifact root is <DSEL_DEFAULT_STORAGE_URI>/<namespace>/
+                                  <name>; a spec may leave storage.uri out or name exactly that
+    DSEL_ALLOWED_STORAGE_PREFIXES comma-separated s3:// prefixes a storage.uri must lie under;
+                                  {namespace} and {name} are replaced, and "<namespace>=<prefix>"
+                                  applies an entry to one namespace only
+    DSEL_ALLOWED_S3_ENDPOINTS     comma-separated endpoint URLs a spec's storage.endpoint may name
+                                  (the operator's own DSEL_S3_ENDPOINT is always allowed)
+    DSEL_ALLOWED_IMAGES           comma-separated images or registry/repository prefixes (ending
+                                  in '/') spec.resources.image may name
+    DSEL_ALLOWED_TOLERATION_KEYS  comma-separated taint keys a spec's tolerations may name (a
+                                  toleration without a key is then refused)
+    DSEL_ALLOWED_NODE_SELECTOR_KEYS  comma-separated node label keys nodeSelector and node
+                                  affinity may use
+    DSEL_MAX_SHARDS               the largest gradients.shards a spec may ask for
 
 The operator process reads selection.json from S3 itself: with the keys of the credentials Secret
 the selection names (as its pods do), else with its own environment's AWS_* credentials (the
@@ -30,8 +51,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import urllib.parse
 from collections.abc import Mapping
 from importlib import metadata
+from typing import TypeVar
+
+from selection import kube_values
 
 from selection.redact import userinfo_problem
 
@@ -43,10 +68,20 @@ DEFAULT_RESYNC_SECONDS = 30.0
 # their stage after this long: long enough for a cluster autoscaler to add a GPU node.
 DEFAULT_POD_START_GRACE_SECONDS = 900.0
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# What an integer variable falls back to when unset: a number, or None for "no limit".
+_Default = TypeVar("_Default", int, None)
 
 
 class SettingsError(ValueError):
     """An environment variable holds an unusable value; the message names the variable."""
+
+
+def storage_prefix_entry(entry: str) -> tuple[str | None, str]:
+    """'team-a=s3://b/x' -> ('team-a', 's3://b/x'); 's3://b/{namespace}' -> (None, 's3://b/{namespace}')."""
+    if entry.startswith("s3://") or "=" not in entry:
+        return None, entry
+    namespace, _, prefix = entry.partition("=")
+    return namespace.strip(), prefix.strip()
 
 
 def _default_worker_image() -> str:
@@ -74,6 +109,15 @@ class OperatorSettings:
     job_ttl_seconds: int | None = None
     resync_seconds: float = DEFAULT_RESYNC_SECONDS
     pod_start_grace_seconds: float = DEFAULT_POD_START_GRACE_SECONDS
+    worker_image_pull_secrets: tuple[str, ...] = ()
+    worker_default_memory: str | None = None
+    confine_storage: bool = False
+    allowed_storage_prefixes: tuple[str, ...] = ()
+    allowed_s3_endpoints: tuple[str, ...] = ()
+    allowed_images: tuple[str, ...] = ()
+    allowed_toleration_keys: tuple[str, ...] = ()
+    allowed_node_selector_keys: tuple[str, ...] = ()
+    max_shards: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "OperatorSettings":
@@ -84,7 +128,7 @@ class OperatorSettings:
             value = env.get(name, "").strip()
             return value or None
 
-        def integer(name: str, default: int | None, low: int, high: int | None = None) -> int | None:
+        def integer(name: str, default: _Default, low: int, high: int | None = None) -> int | _Default:
             raw = text(name)
             if raw is None:
                 return default
@@ -122,15 +166,55 @@ class OperatorSettings:
                 "(job pods share artifacts through S3 only)"
             )
 
-        endpoint = text("DSEL_S3_ENDPOINT")
-        embedded = userinfo_problem(endpoint) if endpoint else None
+        own_endpoint = text("DSEL_S3_ENDPOINT")
+        embedded = userinfo_problem(own_endpoint) if own_endpoint else None
         if embedded:  # it would be copied into every selection's arguments ConfigMap
             raise SettingsError(f"DSEL_S3_ENDPOINT: {embedded}")
+        def names(name: str) -> tuple[str, ...]:
+            return tuple(item.strip() for item in (text(name) or "").split(",") if item.strip())
+
+        def flag(name: str) -> bool:
+            raw = (text(name) or "false").lower()
+            if raw not in ("true", "false", "1", "0", "yes", "no"):
+                raise SettingsError(f"{name}: expected true or false, got {raw!r}")
+            return raw in ("true", "1", "yes")
+
+        default_memory = text("DSEL_WORKER_DEFAULT_MEMORY")
+        if default_memory is not None:
+            try:
+                kube_values.check_quantity(default_memory)
+            except ValueError as error:
+                raise SettingsError(f"DSEL_WORKER_DEFAULT_MEMORY: {error}") from None
+        for secret in names("DSEL_WORKER_IMAGE_PULL_SECRETS"):
+            try:
+                kube_values.check_dns_subdomain(secret)
+            except ValueError as error:
+                raise SettingsError(f"DSEL_WORKER_IMAGE_PULL_SECRETS: {error}") from None
+        confine = flag("DSEL_CONFINE_STORAGE")
+        if confine and storage is None:
+            raise SettingsError("DSEL_CONFINE_STORAGE: needs DSEL_DEFAULT_STORAGE_URI, the root it confines to")
+        prefixes = names("DSEL_ALLOWED_STORAGE_PREFIXES")
+        for entry in prefixes:
+            if not storage_prefix_entry(entry)[1].startswith("s3://"):
+                raise SettingsError(f"DSEL_ALLOWED_STORAGE_PREFIXES: expected [namespace=]s3://bucket/prefix, got {entry!r}")
+        endpoints = names("DSEL_ALLOWED_S3_ENDPOINTS")
+        for endpoint in endpoints:
+            if urllib.parse.urlsplit(endpoint).scheme not in ("http", "https"):
+                raise SettingsError(f"DSEL_ALLOWED_S3_ENDPOINTS: expected http(s):// URLs, got {endpoint!r}")
 
         return cls(
+            worker_image_pull_secrets=names("DSEL_WORKER_IMAGE_PULL_SECRETS"),
+            worker_default_memory=default_memory,
+            confine_storage=confine,
+            allowed_storage_prefixes=prefixes,
+            allowed_s3_endpoints=endpoints,
+            allowed_images=names("DSEL_ALLOWED_IMAGES"),
+            allowed_toleration_keys=names("DSEL_ALLOWED_TOLERATION_KEYS"),
+            allowed_node_selector_keys=names("DSEL_ALLOWED_NODE_SELECTOR_KEYS"),
+            max_shards=integer("DSEL_MAX_SHARDS", None, 1),
             worker_image=text("DSEL_WORKER_IMAGE") or _default_worker_image(),
             default_storage_uri=storage.rstrip("/") if storage else None,
-            s3_endpoint=endpoint,
+            s3_endpoint=own_endpoint,
             s3_region=text("DSEL_S3_REGION"),
             s3_credentials_secret=text("DSEL_S3_CREDENTIALS_SECRET"),
             metrics_port=integer("DSEL_METRICS_PORT", DEFAULT_METRICS_PORT, 0, 65535),

@@ -39,12 +39,14 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from selection.data import Tokenized, collate
+from selection.gradients.projection import make_projector
 
 TANGENT_KIND = 3  # Philox stream kind of the tangent draws (the projections use 1 and 2)
 _FORWARD_AD_ATTENTION = ("eager", "sdpa")  # attention implementations forward-mode AD can run
@@ -67,34 +69,40 @@ def decoder_of(model) -> torch.nn.Module:
     return decoder
 
 
+def decoder_blocks(decoder: torch.nn.Module) -> torch.nn.ModuleList:
+    """The `layers` of a decoder from `decoder_of`, narrowed (Module attribute access types them Tensor | Module)."""
+    layers = decoder.layers
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise EmbeddingError(f"influence distillation: {type(decoder).__name__}.layers is not a ModuleList")
+    return layers
+
+
 @contextlib.contextmanager
 def truncated(decoder: torch.nn.Module, blocks: int) -> Iterator[int]:
     """Temporarily keep only the first `blocks` layers (capped at the layer count); yields the count.
 
     Also selects an attention implementation forward-mode AD supports for the duration.
     """
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    layers = decoder.layers
+    layers = decoder_blocks(decoder)
     kept = min(blocks, len(layers))
     config = getattr(decoder, "config", None)
     implementation = getattr(config, "_attn_implementation", None)
-    switch = config is not None and implementation is not None and implementation not in _FORWARD_AD_ATTENTION
+    switched = config if implementation is not None and implementation not in _FORWARD_AD_ATTENTION else None
     decoder.layers = torch.nn.ModuleList(list(layers)[:kept])
     try:
-        if switch:
-            config._attn_implementation = "sdpa"
+        if switched is not None:
+            switched._attn_implementation = "sdpa"
         with sdpa_kernel(SDPBackend.MATH):
             yield kept
     finally:
         decoder.layers = layers
-        if switch:
-            config._attn_implementation = implementation
+        if switched is not None:
+            switched._attn_implementation = implementation
 
 
 def tangent_parameters(decoder: torch.nn.Module, kept: int) -> dict[str, torch.Tensor]:
     """Trainable parameters of the truncated decoder (names relative to it), in model order."""
-    dropped = tuple(f"layers.{i}." for i in range(kept, len(decoder.layers)))
+    dropped = tuple(f"layers.{i}." for i in range(kept, len(decoder_blocks(decoder))))
     params = {
         name: p.detach()
         for name, p in decoder.named_parameters()
@@ -186,11 +194,11 @@ class JvpEmbedder:
 
     @staticmethod
     def _hidden_size(model) -> int:
-        config = decoder_of(model).config
-        return int(getattr(config, "hidden_size"))
+        config: Any = decoder_of(model).config  # a transformers config; Module attribute access types it Tensor | Module
+        return int(config.hidden_size)
 
     def kept_blocks(self, model) -> int:
-        return min(self.blocks, len(decoder_of(model).layers))
+        return min(self.blocks, len(decoder_blocks(decoder_of(model))))
 
     def __call__(
         self,
@@ -206,8 +214,6 @@ class JvpEmbedder:
         Batches are consecutive runs of `batch_size` examples (as in `compute_features`), so shards
         starting at multiples of `batch_size` give the same numbers whatever the sharding.
         """
-        from selection.gradients.projection import make_projector
-
         decoder = decoder_of(model)
         device = next(model.parameters()).device
         raw_dim = self.tangents * self._hidden_size(model)

@@ -30,7 +30,8 @@ Dropout is off (the model is put in eval mode for the call). Compute runs in the
 on the model's device (bf16 on GPUs that support it: see `selection.models.pick_device_and_dtype`);
 `autocast_dtype=torch.bfloat16` runs a float32 model under bf16 autocast instead. Per-example blocks
 are promoted to float32 before preconditioning and projection. On a CUDA out-of-memory error the
-batch is split in halves and retried, and the smaller size is kept for later batches.
+batch is split in halves and retried, and the smaller size is kept for later batches (and, with
+the pipeline's one engine per process, `features.default_extractor`, for later checkpoints).
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ class Workspace:
     reusing a buffer for the elementwise Adam transform on this machine.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._buffers: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
 
     def get(self, purpose: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -273,13 +274,18 @@ class LoraGradientEngine:
             start += size
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
+    def release(self) -> None:
+        """Free the scratch buffers and the cached preconditioner state; keep the lowered batch size."""
+        self._segments = None
+        self.workspace.clear()
+
     def _segment_transform(self, precondition: SegmentPreconditioner, device: torch.device, total: int):
         """The preconditioner's per-device state, kept while the same preconditioner is in use."""
         cached = self._segments
         if cached is None or cached[0] is not precondition or cached[1] != device:
-            self._segments = None  # free the previous checkpoint's state first
-            self._segments = (precondition, device, precondition.on_device(device, total))
-        return self._segments[2]
+            self._segments = cached = None  # free the previous checkpoint's state first
+            self._segments = cached = (precondition, device, precondition.on_device(device, total))
+        return cached[2]
 
     def _run(self, model, batch, projector: Projector, precondition) -> torch.Tensor:
         rows = batch["input_ids"].shape[0]
@@ -293,7 +299,9 @@ class LoraGradientEngine:
         streaming = isinstance(projector, SegmentProjector) and (
             precondition is None or isinstance(precondition, SegmentPreconditioner)
         )
-        if streaming:
+        # The projector when it takes one segment at a time and the preconditioner lets it.
+        segment_projector = projector if streaming and isinstance(projector, SegmentProjector) else None
+        if segment_projector is not None:
             out = torch.zeros(rows, projector.output_dim, dtype=torch.float32, device=device)
             transform = self._segment_transform(precondition, device, total) if precondition is not None else None
 
@@ -301,7 +309,7 @@ class LoraGradientEngine:
                 if transform is not None:
                     scratch = self.workspace.get("precondition", grads.shape, torch.float32, device)
                     grads = transform.apply(grads, segment.offset, scratch)
-                projector.project_segment(grads, segment.offset, out, consume=True)
+                segment_projector.project_segment(grads, segment.offset, out, consume=True)
 
         else:
             flat = torch.zeros(rows, total, dtype=torch.float32, device=device)

@@ -92,9 +92,22 @@ def compute_features(
         out[start : start + len(chunk)] = normalize_rows(projected.float()).cpu().numpy().astype(np.float16)
         if progress:
             progress(len(chunk))
+    release = getattr(extractor, "release", None)
+    if release is not None:
+        release()  # scratch buffers and this checkpoint's moments; what it learned stays
     return out
 
 
+_PIPELINE_ENGINE: FeatureExtractor | None = None
+
+
 def default_extractor() -> FeatureExtractor:
-    """The extractor the pipeline uses: the batched engine (one backward per batch)."""
-    return LoraGradientEngine()
+    """The extractor the pipeline uses: the batched engine (one backward per batch).
+
+    One engine per process, so a batch size it lowered after an out-of-memory error stays lowered
+    for every later checkpoint and for the validation features, instead of failing again first.
+    """
+    global _PIPELINE_ENGINE
+    if _PIPELINE_ENGINE is None:
+        _PIPELINE_ENGINE = LoraGradientEngine()
+    return _PIPELINE_ENGINE

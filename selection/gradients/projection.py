@@ -1,17 +1,20 @@
 """Seeded random projections that never hold a dense p x d matrix they cannot afford.
 
 P is a p x d matrix (a row per gradient coordinate). Both kinds define it row block by row block:
-rows [b*R, (b+1)*R) (R = `BLOCK_ROWS`) come from a Philox generator seeded with
-(seed, b, kind), drawn on the CPU with numpy. So every process with the same seed sees the same P,
+rows [b*R, (b+1)*R) (R = `BLOCK_ROWS`, fewer for a dense P with a large d) come from a Philox
+generator seeded with (seed, b, kind), drawn on the CPU with numpy. So every process with the same seed sees the same P,
 whatever its shard, device or thread count, and any block can be regenerated on demand.
 
-- `RademacherProjector` (the reference option, as LESS/TRAK): dense, entries +-1/sqrt(d). Block b
-  is `BLOCK_ROWS*d/8` random bytes; each byte gives 8 consecutive row-major entries, most
-  significant bit first, 1 -> +1/sqrt(d) and 0 -> -1/sqrt(d). Projecting costs p*d entries per call
-  (generated blocks are cached up to 1 GiB, the rest regenerated), so it dominates extraction on
-  CPU once p is large (docs/PERFORMANCE_NOTES.md).
-- `CountSketchProjector` (the fast option): row i of P has a single nonzero, a random sign s(i) in
-  column h(i). Block b draws R buckets (integers in [0, d)) and then R signs (bits, 1 -> +1); a
+- `RademacherProjector` (the LESS-identical option, as LESS/TRAK): dense, entries +-1/sqrt(d).
+  Block b is `R*d/8` random bytes, R = `dense_block_rows(d)` (= `BLOCK_ROWS` up to d = 65536, then
+  halved until a float32 block fits in `MAX_DENSE_BLOCK_BYTES` = 1 GiB, so no dense block ever
+  exceeds 1 GiB whatever the projection dimension); each byte gives 8 consecutive row-major
+  entries, most significant bit first, 1 -> +1/sqrt(d) and 0 -> -1/sqrt(d). Projecting costs p*d
+  entries per call (generated blocks are cached up to 1 GiB, the rest regenerated), so it
+  dominates extraction on CPU once p is large (docs/performance.md: about 100x the fwd+bwd floor at
+  r=128, seq 128, 20x at seq 512).
+- `CountSketchProjector` (the fast option, the default): row i of P has a single nonzero, a
+  random sign s(i) in column h(i). Block b draws R buckets (integers in [0, d)) and then R signs (bits, 1 -> +1); a
   last, partial block uses the first rows of those draws.
   O(p) memory (5 bytes per coordinate) and O(p) work per vector. For any two vectors its
   inner-product estimate is unbiased with exactly the same variance as the dense Rademacher one,
@@ -35,7 +38,25 @@ import numpy as np
 import torch
 
 BLOCK_ROWS = 4096
+MAX_DENSE_BLOCK_BYTES = 1 << 30  # no dense float32 block larger than this, for any d
 DEFAULT_CACHE_BYTES = 1 << 30  # keep generated blocks up to 1 GiB; regenerate beyond
+
+
+def dense_block_rows(output_dim: int, max_block_bytes: int = MAX_DENSE_BLOCK_BYTES) -> int:
+    """Rows per dense block: BLOCK_ROWS, halved until R * d float32 entries fit in max_block_bytes.
+
+    R depends on d alone, so P is the same in every process; for d <= 65536 it is BLOCK_ROWS.
+    Raises ValueError when even one row (d float32 entries) exceeds the bound.
+    """
+    if output_dim * 4 > max_block_bytes:
+        raise ValueError(
+            f"gradients.projectionDim: a dense projection row of d={output_dim} float32 entries exceeds "
+            f"{max_block_bytes} bytes; use a smaller projectionDim or projection 'countsketch'"
+        )
+    rows = BLOCK_ROWS
+    while rows > 1 and rows * output_dim * 4 > max_block_bytes:
+        rows //= 2
+    return rows
 
 
 @runtime_checkable
@@ -74,11 +95,15 @@ class RademacherProjector:
 
     KIND = 1
 
-    def __init__(self, input_dim: int, output_dim: int, seed: int, *, cache_bytes: int = DEFAULT_CACHE_BYTES):
+    def __init__(
+        self, input_dim: int, output_dim: int, seed: int, *, cache_bytes: int = DEFAULT_CACHE_BYTES,
+        max_block_bytes: int = MAX_DENSE_BLOCK_BYTES,
+    ):
         _check_dims(input_dim, output_dim)
         self.input_dim, self.output_dim, self.seed = input_dim, output_dim, seed
-        self.blocks = math.ceil(input_dim / BLOCK_ROWS)
-        block_bytes = BLOCK_ROWS * output_dim * 4
+        self.block_rows = dense_block_rows(output_dim, max_block_bytes)
+        self.blocks = math.ceil(input_dim / self.block_rows)
+        block_bytes = self.block_rows * output_dim * 4
         self._cache_limit = max(0, cache_bytes // block_bytes)
         self._cache: dict[tuple[int, torch.device], torch.Tensor] = {}
         self._last: tuple[tuple[int, torch.device], torch.Tensor] | None = None  # a block straddling segments
@@ -88,7 +113,7 @@ class RademacherProjector:
         self.largest_block_bytes = 0  # the largest dense block this projector has materialized
 
     def _rows(self, index: int) -> int:
-        return min(BLOCK_ROWS, self.input_dim - index * BLOCK_ROWS)
+        return min(self.block_rows, self.input_dim - index * self.block_rows)
 
     def _generate(self, index: int) -> torch.Tensor:
         rows = self._rows(index)
@@ -100,7 +125,7 @@ class RademacherProjector:
         return matrix
 
     def block(self, index: int, device: torch.device | str = "cpu") -> torch.Tensor:
-        """Rows [index*BLOCK_ROWS, ...) of P as float32 (R, d) on `device`."""
+        """Rows [index*block_rows, ...) of P as float32 (R, d) on `device`."""
         key = (index, torch.device(device))
         cached = self._cache.get(key)
         if cached is None and self._last is not None and self._last[0] == key:
@@ -120,13 +145,14 @@ class RademacherProjector:
             raise ValueError(f"segment [{offset}, {stop}) is outside the projection's input 0..{self.input_dim}")
         segment = segment.float()
         position = offset
+        rows = self.block_rows
         while position < stop:
-            index = position // BLOCK_ROWS
+            index = position // rows
             block = self.block(index, out.device)
-            first = position - index * BLOCK_ROWS
-            last = min(stop - index * BLOCK_ROWS, block.shape[0])
+            first = position - index * rows
+            last = min(stop - index * rows, block.shape[0])
             out.addmm_(segment[:, position - offset : position - offset + last - first], block[first:last])
-            position = index * BLOCK_ROWS + last
+            position = index * rows + last
 
     def project(self, vectors: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(vectors.shape[0], self.output_dim, dtype=torch.float32, device=vectors.device)
@@ -184,11 +210,11 @@ class CountSketchProjector:
 
     def _scratch(self, device: torch.device, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Reused int64 index and float32 sign buffers (fresh large CPU allocations page-fault)."""
-        index, sign = self._buffers.get(device, (None, None))
-        if index is None or index.numel() < n:
-            index = torch.empty(n, dtype=torch.int64, device=device)
-            sign = torch.empty(n, dtype=torch.float32, device=device)
-            self._buffers[device] = (index, sign)
+        buffers = self._buffers.get(device)
+        if buffers is None or buffers[0].numel() < n:
+            buffers = (torch.empty(n, dtype=torch.int64, device=device), torch.empty(n, dtype=torch.float32, device=device))
+            self._buffers[device] = buffers
+        index, sign = buffers
         return index[:n], sign[:n]
 
     def project(self, vectors: torch.Tensor) -> torch.Tensor:

@@ -11,11 +11,13 @@ import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 from selection import artifacts, data, spec as spec_module, storage
+from selection.artifacts import Fingerprints
 from selection.contract import JobArgs, ShardRange, shard_range
-from selection.models import model_identity
+from selection.model_checks import check_adapter_fits
+from selection.models import load_model_and_tokenizer, model_identity
+from selection.reduce import ReductionError, resolve_budget
 
 
 @dataclass
@@ -63,6 +65,15 @@ class StageContext:
         return examples
 
     @cached_property
+    def validation_tasks(self) -> list[str]:
+        """Each validation example's task, in file order."""
+        tasks = []
+        for example in self.validation_examples:
+            assert example.task is not None, "parse_jsonl(require_task=True) gives every validation line a task"
+            tasks.append(example.task)
+        return tasks
+
+    @cached_property
     def _validation_digest(self) -> list[list[str]]:
         return [[e.task or "", data.sha256_hex(e.raw.encode())] for e in self.validation_examples]
 
@@ -72,16 +83,13 @@ class StageContext:
         The first stage calls it, so bad data or an impossible budget fails in seconds instead
         of after warmup and extraction.
         """
-        from selection.model_checks import check_adapter_fits
-        from selection.reduce import ReductionError, resolve_budget
-
         pool = len(self.train_examples)
-        self.validation_examples
+        _ = self.validation_examples  # parsed now, so a bad validation file fails here
         try:
             budget = resolve_budget(self.spec.selection.budget, pool)
         except ReductionError as error:
             raise spec_module.SpecError([("spec.selection.budget", str(error))]) from None
-        self.fingerprints.warmup  # resolves the model source: a missing dir or preset fails here
+        _ = self.fingerprints.warmup  # resolves the model source: a missing dir or preset fails here
         check_adapter_fits(self.spec.model, self.spec.warmup.lora, self.spec.gradients.projection_dim,
                            cache_dir=self.args.cache_dir, s3=self.args.storage)
         return budget
@@ -89,8 +97,6 @@ class StageContext:
     # --- model ----------------------------------------------------------------------------
     def load_model(self):
         """A fresh (model, tokenizer) pair; stages wrap the model with LoRA themselves."""
-        from selection.models import load_model_and_tokenizer
-
         model_spec = self.spec.model
         return load_model_and_tokenizer(
             model_spec.source,
@@ -109,7 +115,7 @@ class StageContext:
 
     # --- fingerprints ---------------------------------------------------------------------
     @cached_property
-    def fingerprints(self) -> artifacts.Fingerprints:
+    def fingerprints(self) -> Fingerprints:  # not `artifacts.`: the property `artifacts` shadows the module here
         """What each artifact kind's inputs hash to (the data are read when first needed)."""
         return artifacts.Fingerprints(
             self.spec, lambda: data.sha256_hex(self._train_bytes), lambda: self._validation_digest,

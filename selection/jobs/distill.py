@@ -40,7 +40,7 @@ def epoch(ctx: StageContext) -> int:
 
 def landmarks(ctx: StageContext) -> np.ndarray:
     """Sorted pool indices of the landmarks (the same in every process)."""
-    from selection.distill.landmarks import draw_landmarks
+    from selection.distill.landmarks import draw_landmarks  # deferred: torch (see selection/jobs/__init__.py)
 
     d = ctx.spec.distillation
     return draw_landmarks(len(ctx.train_examples), d.landmarks, d.seed)
@@ -53,7 +53,7 @@ def landmark_range(ctx: StageContext, shard: int) -> ShardRange:
 
 
 def embedder(ctx: StageContext):
-    from selection.distill.embeddings import JvpEmbedder
+    from selection.distill.embeddings import JvpEmbedder  # deferred: torch (see selection/jobs/__init__.py)
 
     d = ctx.spec.distillation
     return JvpEmbedder(blocks=d.blocks, tangents=d.tangents, embed_dim=d.embed_dim, seed=d.seed)
@@ -67,7 +67,7 @@ def work_items(ctx: StageContext) -> int:
 
 def _landmark_preconditioner(ctx: StageContext, checkpoint):
     """Bias-corrected Adam weighting (trainType adam) or none (sgd); the engine streams either way."""
-    from selection.gradients.preconditioners import BiasCorrectedAdamPreconditioner
+    from selection.gradients.preconditioners import BiasCorrectedAdamPreconditioner  # deferred: torch (see selection/jobs/__init__.py)
 
     if ctx.spec.gradients.train_type == "sgd":
         return None
@@ -99,7 +99,7 @@ def run_shard(ctx: StageContext, shard: int, progress: Callable[[int], None] | N
 
 def load_model(ctx: StageContext):
     """(model, tokenizer, checkpoint): the LoRA model with the distillation checkpoint applied."""
-    from selection import warmup
+    from selection import warmup  # deferred: torch (see selection/jobs/__init__.py)
 
     model, tokenizer = extract._feature_model(ctx)
     checkpoint = extract._checkpoint(ctx, epoch(ctx))
@@ -111,7 +111,7 @@ def save_landmark_features(
     ctx: StageContext, loaded, shard: int, progress: Callable[[int], None] | None = None
 ) -> None:
     """Adam-aware (bias-corrected) projected gradient features of the shard's landmark slice."""
-    from selection.gradients.features import compute_features, default_extractor
+    from selection.gradients.features import compute_features, default_extractor  # deferred: torch (see selection/jobs/__init__.py)
 
     model, tokenizer, checkpoint = loaded
     g, at = ctx.spec.gradients, epoch(ctx)
@@ -170,7 +170,7 @@ def ensure_distilled_scores(ctx: StageContext, progress: Callable[[int], None] |
     Recomputed, not refused, when committed from other inputs (e.g. a changed ridge): it is
     derived only from fingerprinted artifacts, and cheap next to them.
     """
-    from selection.distill import scores
+    from selection.distill import scores  # deferred: torch (see selection/jobs/__init__.py)
 
     g = ctx.spec.gradients
     store, fingerprints, at = ctx.artifacts, ctx.fingerprints, epoch(ctx)
@@ -188,12 +188,12 @@ def ensure_distilled_scores(ctx: StageContext, progress: Callable[[int], None] |
     validation = VALIDATION_FEATURES.load_array(store, artifacts.FEATURES_FILE, epoch=at)
     at_landmarks = scores.landmark_scores(features, validation)
 
-    parts, blocks = [], None
+    parts = []
     for shard in range(g.shards):
         where = dict(shard=shard, shards=g.shards)
-        meta = EMBEDDINGS.require(store, fingerprints, f"embeddings of shard {shard}", **where)
-        parts.append(_rows(EMBEDDINGS, ctx, artifacts.EMBEDDINGS_FILE, meta.rows, **where))
-        blocks = meta.blocks
+        embedded = EMBEDDINGS.require(store, fingerprints, f"embeddings of shard {shard}", **where)
+        parts.append(_rows(EMBEDDINGS, ctx, artifacts.EMBEDDINGS_FILE, embedded.rows, **where))
+        blocks = embedded.blocks
     directory = ctx.scratch / "distilled-scores"
     if directory.exists():
         shutil.rmtree(directory)

@@ -16,22 +16,22 @@ from selection.jobs.context import StageContext
 
 def _feature_model(ctx: StageContext):
     """The base model wrapped with LoRA of the warmup's shape (weights come per checkpoint)."""
-    from selection import warmup
+    from selection import warmup  # deferred: torch (see selection/jobs/__init__.py)
 
     model, tokenizer = ctx.load_model()
     return warmup.attach_lora(model, ctx.spec.warmup.lora, ctx.spec.warmup.seed), tokenizer
 
 
 def _projector(ctx: StageContext, model):
-    from selection.gradients.features import lora_dim
-    from selection.gradients.projection import make_projector
+    from selection.gradients.features import lora_dim  # deferred: torch (see selection/jobs/__init__.py)
+    from selection.gradients.projection import make_projector  # deferred: torch (see selection/jobs/__init__.py)
 
     g = ctx.spec.gradients
     return make_projector(g.projection, lora_dim(model), g.projection_dim, g.seed)
 
 
 def _checkpoint(ctx: StageContext, epoch: int):
-    from selection import warmup
+    from selection import warmup  # deferred: torch (see selection/jobs/__init__.py)
 
     return warmup.load_checkpoint(WARMUP_CHECKPOINT.fetch(ctx.artifacts, epoch=epoch))
 
@@ -44,8 +44,8 @@ def ensure_validation_features(
     Gradient influence reads every checkpoint's, distillation only the last one's
     (`selection.jobs.methods.InfluenceMethod.validation_epochs`).
     """
-    from selection import warmup
-    from selection.gradients.features import compute_features, default_extractor
+    from selection import warmup  # deferred: torch (see selection/jobs/__init__.py)
+    from selection.gradients.features import compute_features, default_extractor  # deferred: torch (see selection/jobs/__init__.py)
 
     store, fingerprints = ctx.artifacts, ctx.fingerprints
     todo = [e for e in epochs if not VALIDATION_FEATURES.exists(store, fingerprints, epoch=e)]
@@ -66,7 +66,7 @@ def ensure_validation_features(
             {artifacts.FEATURES_FILE: features},
             artifacts.ValidationFeaturesMetadata(
                 fingerprint=fingerprints.validation, epoch=epoch, rows=len(examples),
-                tasks=[e.task for e in ctx.validation_examples],
+                tasks=ctx.validation_tasks,
             ),
             epoch=epoch,
         )
@@ -74,9 +74,9 @@ def ensure_validation_features(
 
 def run(ctx: StageContext, shard: int, progress: Callable[[int], None] | None = None) -> None:
     """Features of shard `shard` for every checkpoint; finished (checkpoint, shard) pairs are skipped."""
-    from selection import warmup
-    from selection.gradients.features import compute_features, default_extractor
-    from selection.gradients.preconditioners import AdamPreconditioner
+    from selection import warmup  # deferred: torch (see selection/jobs/__init__.py)
+    from selection.gradients.features import compute_features, default_extractor  # deferred: torch (see selection/jobs/__init__.py)
+    from selection.gradients.preconditioners import AdamPreconditioner  # deferred: torch (see selection/jobs/__init__.py)
 
     g = ctx.spec.gradients
     store, fingerprints = ctx.artifacts, ctx.fingerprints

@@ -19,6 +19,7 @@ from selection.artifacts import SELECTION
 from selection.jobs import runner
 from selection.jobs.context import StageContext
 from selection.jobs.methods import method_for
+from selection.reduce import reduce_matrix, resolve_budget
 
 log = logging.getLogger("dsel.jobs.reduce")
 
@@ -61,8 +62,6 @@ def _rows_to_select_from(pool: int, excluded: list[int], budget: int):
 
 def run(ctx: StageContext) -> dict[str, Any]:
     """Reduce (unless this exact selection is finished) and return the selection document."""
-    from selection.reduce import reduce_matrix, resolve_budget
-
     store = ctx.artifacts
     finished = _finished_selection(ctx)
     if finished is not None:
@@ -75,7 +74,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         raise artifacts.StaleArtifactError(
             f"score rows ({matrix.shape[0]}) do not match the training pool ({len(pool)} lines)"
         )
-    tasks = [e.task for e in ctx.validation_examples]
+    tasks = ctx.validation_tasks
     sel = ctx.spec.selection
     budget = resolve_budget(sel.budget, len(pool))
     excluded = method.answerless_rows(ctx)

@@ -11,6 +11,7 @@ from selection.artifacts import SCORES, TRAIN_FEATURES, VALIDATION_FEATURES, WAR
 from selection.influence import attribution_rows, checkpoint_weights
 from selection.jobs import runner
 from selection.jobs.context import StageContext
+from selection.reduce import load_matrix
 
 
 def run(ctx: StageContext, shard: int) -> None:
@@ -41,8 +42,6 @@ def gather(ctx: StageContext) -> tuple[np.ndarray, dict[str, str]]:
 
     Each shard's manifest is read once (a GET on S3) for the check, the download and the checksum.
     """
-    from selection.reduce import load_matrix
-
     g = ctx.spec.gradients
     store = ctx.artifacts
     directory = ctx.scratch / "scores-all"

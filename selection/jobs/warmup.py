@@ -19,7 +19,7 @@ def run(ctx: StageContext, progress: Callable[[int, int], None] | None = None) -
     Validation features are computed here, once, so that the extraction shards running in
     parallel afterwards all find them finished instead of each computing them.
     """
-    from selection import warmup
+    from selection import warmup  # deferred: torch (see selection/jobs/__init__.py)
 
     ctx.preflight()
     spec = ctx.spec.warmup

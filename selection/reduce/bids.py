@@ -147,7 +147,8 @@ class BidsEngine:
                     for j in range(start, stop):
                         self._build_column(j, block[j - start])
                 else:
-                    list(pool.map(lambda j: self._build_column(j, block[j - start]), range(start, stop)))
+                    list(pool.map(lambda j, block=block, start=start: self._build_column(j, block[j - start]),
+                                  range(start, stop)))
                 del block
         self.head_index = self.index[:, 0].astype(np.int64)
         self.head_value = self.value[:, 0].copy()
@@ -323,6 +324,7 @@ def bids_order(
     `list_length` overrides the per-column list length (tests use it to force refills).
     """
     column_stats = stats if normalize_columns else None
+    source: TaskSource | InstanceSource
     if granularity == "task":
         source = TaskSource(matrix, column_stats, groups)
     else:

@@ -15,6 +15,10 @@ from pathlib import Path
 
 from selection.contract import EXIT_BAD_INPUT
 from selection.output import OutputError, check_output_path, write_output
+from selection.reduce import ReductionError, load_matrix, load_tasks, reduce_matrix, resolve_budget
+from selection.reduce.base import GRANULARITIES
+from selection.reduce.registry import ALL_METHODS
+from selection.redact import redact
 
 # What --budget accepts, before Python's int()/Decimal() (which take '1_0' and non-ASCII digits).
 _BUDGET_TEXT = re.compile(r"^\s*(?:[0-9]+|[0-9]*\.[0-9]+(?:[eE][-+]?[0-9]+)?|[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+)\s*$", re.ASCII)
@@ -76,9 +80,6 @@ def _seed(text: str) -> int:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    from selection.reduce.base import GRANULARITIES
-    from selection.reduce.registry import ALL_METHODS
-
     parser.add_argument(
         "--matrix", required=True, metavar="PATH",
         help="attribution matrix: N x M .npy file, or directory of row-shard .npy files",
@@ -137,16 +138,12 @@ def add_reduce_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _fail(message: str) -> int:
-    from selection.redact import redact
-
     print(redact(f"dsel reduce: error: {message}"), file=sys.stderr)
     return EXIT_BAD_INPUT
 
 
 def run_reduce(args: argparse.Namespace) -> int:
     """Run `dsel reduce` for parsed arguments; returns the exit status."""
-    from selection.reduce import ReductionError, load_matrix, load_tasks, reduce_matrix, resolve_budget
-
     started = time.perf_counter()
     output = None if args.output in (None, "-") else Path(args.output)
     if output is not None and not output.parent.is_dir():
@@ -183,7 +180,7 @@ def run_reduce(args: argparse.Namespace) -> int:
             normalize=args.normalize, iterative=args.iterative, seed=args.seed,
         )
     except ReductionError as error:
-        where = {"matrix": f"--matrix {args.matrix}: ", "tasks": f"--tasks {args.tasks}: "}
+        where: dict[str | None, str] = {"matrix": f"--matrix {args.matrix}: ", "tasks": f"--tasks {args.tasks}: "}
         return _fail(f"{where.get(error.input, '')}{error}")
     text = json.dumps(result.to_json_dict()) + "\n"
     if output is None:

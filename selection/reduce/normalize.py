@@ -165,7 +165,7 @@ def top_order(values: np.ndarray, count: int) -> np.ndarray:
     return ranked
 
 
-def round_robin(rankings: Sequence[np.ndarray], n: int, budget: int, turns: Callable[[], Iterable[int]]) -> list[int]:
+def round_robin(rankings: Sequence[np.ndarray] | np.ndarray, n: int, budget: int, turns: Callable[[], Iterable[int]]) -> list[int]:
     """Take turns until `budget` picks: in each round `turns()` says who picks in which order,
     and a turn's pick is that list's highest-ranked row not taken yet (rankings: best first).
 

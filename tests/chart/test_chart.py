@@ -55,6 +55,10 @@ SETTINGS_ENV = {
     "DSEL_WORKER_IMAGE", "DSEL_DEFAULT_STORAGE_URI", "DSEL_S3_ENDPOINT", "DSEL_S3_REGION",
     "DSEL_S3_CREDENTIALS_SECRET", "DSEL_METRICS_PORT", "DSEL_LOG_LEVEL",
     "DSEL_WORKER_SERVICE_ACCOUNT", "DSEL_JOB_TTL_SECONDS", "DSEL_POD_START_GRACE_SECONDS",
+    "DSEL_WORKER_IMAGE_PULL_SECRETS",
+    "DSEL_WORKER_DEFAULT_MEMORY", "DSEL_CONFINE_STORAGE", "DSEL_ALLOWED_STORAGE_PREFIXES",
+    "DSEL_ALLOWED_S3_ENDPOINTS", "DSEL_ALLOWED_IMAGES", "DSEL_ALLOWED_TOLERATION_KEYS",
+    "DSEL_ALLOWED_NODE_SELECTOR_KEYS", "DSEL_MAX_SHARDS",
 }
 OPERATOR_SETTINGS_MODULE = REPO_ROOT / "operator" / "selection_operator" / "settings.py"
 NAMESPACED_KINDS = {"Deployment", "Service", "ServiceAccount", "Role", "RoleBinding",
@@ -127,7 +131,7 @@ def test_values_pass_the_schema(chart: helm_python.Chart, values: dict[str, Any]
     ("values", "expected"),
     [
         ({"replicaCount": "two"}, "at '/replicaCount': got string, want integer"),
-        ({"replicaCount": 2}, "at '/replicaCount': maximum: got 2, want 1"),
+        ({"replicaCount": 11}, "at '/replicaCount': maximum: got 11, want 10"),
         ({"watchNamespaces": "team-a"}, "at '/watchNamespaces': got string, want array"),
         ({"watchNamespaces": ["Team_A"]}, "at '/watchNamespaces/0'"),
         ({"metrics": {"enabled": "yes"}}, "at '/metrics/enabled': got string, want boolean"),
@@ -139,6 +143,12 @@ def test_values_pass_the_schema(chart: helm_python.Chart, values: dict[str, Any]
          "at '/securityContext/readOnlyRootFilesystem': got string, want boolean"),
         ({"replicas": 1}, "additional properties 'replicas' not allowed"),
         ({"worker": {"imageTag": "x"}}, "additional properties 'imageTag' not allowed"),
+        ({"worker": {"defaultMemory": "4 GB"}}, "at '/worker/defaultMemory'"),
+        ({"worker": {"imagePullSecrets": ["regcred"]}}, "at '/worker/imagePullSecrets/0'"),
+        ({"storage": {"allowedPrefixes": ["/mnt/data"]}}, "at '/storage/allowedPrefixes/0'"),
+        ({"s3": {"allowedEndpoints": ["minio:9000"]}}, "at '/s3/allowedEndpoints/0'"),
+        ({"policy": {"maxShards": 0}}, "at '/policy/maxShards'"),
+        ({"policy": {"allowedImages": "ghcr.io/acme/"}}, "at '/policy/allowedImages'"),
     ],
     ids=lambda v: repr(v)[:40],
 )
@@ -160,6 +170,15 @@ def test_wrong_values_are_rejected_with_a_clear_message(
     ["metrics.enabled=true", "metrics.serviceMonitor.enabled=true"],
     ["s3.credentialsSecret=", "worker.jobTTLSecondsAfterFinished=null"],  # shell: ="" -> =
     ["rbac.crdReadAccess=false", "rbac.aggregateToDefaultRoles=false"],
+    ["worker.imagePullSecrets[0].name=regcred"],
+    ["replicaCount=2"],
+    ["worker.defaultMemory=16Gi"],
+    ["storage.defaultUri=s3://my-bucket/dsel", "storage.confineToNamespace=true"],
+    # Two --set flags filling one list, as Helm merges them into one value tree.
+    ["storage.allowedPrefixes[0]=s3://shared/tenants/{namespace},storage.allowedPrefixes[1]=ml=s3://ml-artifacts",
+     "s3.allowedEndpoints={https://s3.internal}"],
+    ["policy.allowedImages={ghcr.io/acme/}", "policy.allowedTolerationKeys={nvidia.com/gpu}",
+     "policy.allowedNodeSelectorKeys={nvidia.com/gpu.product}", "policy.maxShards=64"],
 ])
 def test_documented_set_flags_are_accepted(chart: helm_python.Chart, flags: list[str]) -> None:
     """The `--set` examples in docs/kubernetes.md and values.yaml, parsed as Helm's CLI does."""
@@ -460,6 +479,15 @@ def test_every_setting_reaches_the_operator(chart: helm_python.Chart) -> None:
     assert variables["DSEL_LOG_LEVEL"] == "DEBUG"
     assert variables["DSEL_METRICS_PORT"] == "9100"
     assert variables["HTTPS_PROXY"] == "http://proxy:3128"
+    assert variables["DSEL_WORKER_IMAGE_PULL_SECRETS"] == "regcred,mirror"
+    assert variables["DSEL_WORKER_DEFAULT_MEMORY"] == "8Gi"
+    assert variables["DSEL_CONFINE_STORAGE"] == "true"
+    assert variables["DSEL_ALLOWED_STORAGE_PREFIXES"] == "s3://shared/{namespace},ml=s3://ml-artifacts"
+    assert variables["DSEL_ALLOWED_S3_ENDPOINTS"] == "https://s3.internal"
+    assert variables["DSEL_ALLOWED_IMAGES"] == "ghcr.io/acme/"
+    assert variables["DSEL_ALLOWED_TOLERATION_KEYS"] == "nvidia.com/gpu"
+    assert variables["DSEL_ALLOWED_NODE_SELECTOR_KEYS"] == "nvidia.com/gpu.product"
+    assert variables["DSEL_MAX_SHARDS"] == "32"
     assert env(objects)["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "minio-creds"
     assert set(name for name in variables if name.startswith("DSEL_")) == SETTINGS_ENV
     pod = deployment(objects)["spec"]["template"]["spec"]
@@ -557,3 +585,81 @@ def test_notes_tell_how_to_run_and_watch_the_demo(
     assert f"kubectl get dsel -n {namespace} -w" in notes
     assert (REPO_ROOT / "examples" / "demo" / "dataselection.yaml").is_file()
     assert ".status.selection" in notes
+
+
+def test_worker_pull_secrets_reach_the_job_pods(chart: helm_python.Chart) -> None:
+    """values -> the operator's env -> its settings -> the pod template of every Job."""
+    from selection import contract
+    from selection import spec as spec_module
+    from selection_operator import manifests as job_manifests
+    from selection_operator.settings import OperatorSettings
+
+    values = {"worker": {"imagePullSecrets": [{"name": "regcred"}]}}
+    plain = {name: item["value"] for name, item in env(manifests(chart, values)).items() if "value" in item}
+    settings = OperatorSettings.from_env(plain)
+    resource = spec_module.parse_selection({
+        "apiVersion": "dsel.dev/v1alpha1", "kind": "DataSelection", "metadata": {"name": "d", "namespace": "n"},
+        "spec": {"model": {"source": "m"}, "data": {"train": "s3://bkt/t", "validation": [{"uri": "s3://bkt/v"}]},
+                 "selection": {"budget": 1}, "storage": {"uri": "s3://bkt/a"}}})
+    storage = job_manifests.resolve_storage(resource, settings)
+    for stage in contract.STAGE_NAMES:
+        job = job_manifests.build_job(stage, resource, storage, settings)
+        assert job["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
+        limits = job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        assert limits["memory"] == "4Gi"  # the chart's worker.defaultMemory
+
+
+def test_storage_confinement_needs_a_default_root(chart: helm_python.Chart) -> None:
+    with pytest.raises(Exception, match="storage.confineToNamespace needs storage.defaultUri"):
+        render(chart, {"storage": {"confineToNamespace": True}})
+
+
+HA = {"replicaCount": 3}
+
+
+def test_replicas_elect_a_leader_through_a_lease(chart: helm_python.Chart) -> None:
+    objects = manifests(chart, HA)
+    spec = deployment(objects)["spec"]
+    assert spec["replicas"] == 3 and spec["strategy"]["type"] == "RollingUpdate"
+    operator = container(objects)
+    assert operator["command"] == ["python", "-m", "selection_operator.leader"]
+    args = operator["args"]
+    separator = args.index("--")
+    assert args[separator + 1:separator + 5] == ["kopf", "run", "-m", "selection_operator"]
+    assert "--standalone" in args[separator:]  # kopf itself: no peering, the Lease decides
+    # The supervisor answers the probes on the health port (followers are healthy too); kopf's
+    # own endpoint moves to the next port, on loopback, and the supervisor checks it.
+    ports = {p["name"]: p["containerPort"] for p in operator["ports"]}
+    kopf_health = f"http://127.0.0.1:{ports['health'] + 1}/healthz"
+    assert f"--health-port={ports['health']}" in args and f"--child-health={kopf_health}" in args
+    assert f"--liveness={kopf_health}" in args
+    assert env(objects)["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    # What the supervisor's own parser makes of the rendered arguments.
+    identity = [a for a in args if a.startswith("--identity=")]
+    assert identity == ["--identity=$(POD_NAME)"]  # expanded by the kubelet from the env above
+    # RBAC: exactly the Lease, in the release namespace.
+    service_account = one(objects, "ServiceAccount")["metadata"]["name"]
+    roles = [r for r in bound_roles(objects, service_account) if r["kind"] == "Role"]
+    (role,) = roles
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert grants(role) == {("coordination.k8s.io", "leases", v) for v in ("create", "get", "update")}
+    lease_rule = next(rule for rule in role["rules"] if "get" in rule["verbs"])
+    assert lease_rule["resourceNames"] == [deployment(objects)["metadata"]["name"]]
+    assert f"--lease={lease_rule['resourceNames'][0]}" in args
+    for obj in objects:
+        if obj["kind"] != "ServiceMonitor":
+            for version in KUBE_VERSIONS:
+                kubernetes_validate.validate(obj, version, strict=True)
+    report = helm_python.lint(CHART_DIR, HA, strict=True, namespace=NAMESPACE, kube_version=f"v{MIN_KUBE}.0")
+    assert not [m for m in report["messages"] if m["severity"] >= 2] and not report["errors"], report
+
+
+def test_a_single_replica_runs_kopf_directly_without_lease_rights(chart: helm_python.Chart) -> None:
+    objects = manifests(chart, {})
+    assert container(objects)["command"] == ["kopf", "run", "-m", "selection_operator"]
+    assert not [r for r in by_kind(objects, "Role")]
+
+
+def test_unsafe_lease_timing_is_refused(chart: helm_python.Chart) -> None:
+    with pytest.raises(Exception, match="must be less than leaseDurationSeconds"):
+        render(chart, {**HA, "leaderElection": {"leaseDurationSeconds": 10, "renewDeadlineSeconds": 8}})

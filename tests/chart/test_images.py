@@ -286,6 +286,16 @@ def test_entrypoints() -> None:
     assert "--standalone" in cmd and "--liveness=http://0.0.0.0:8081/healthz" in cmd
 
 
+def test_worker_openmp_threads_sleep_when_idle() -> None:
+    final = parse_dockerfile(DOCKERFILES["worker"]).final
+    env = dict(
+        item.partition("=")[::2]
+        for i in final.instructions if i.keyword == "ENV"
+        for item in shlex.split(i.arguments)
+    )
+    assert env.get("OMP_WAIT_POLICY") == "PASSIVE"
+
+
 def test_operator_image_installs_only_the_operator_extra() -> None:
     runs = [i.arguments for stage in parse_dockerfile(DOCKERFILES["operator"]).stages
             for i in stage.instructions if i.keyword == "RUN"]
@@ -395,3 +405,12 @@ def test_operator_extra_resolves_without_torch(tmp_path: Path) -> None:
         key = name.lower().replace("_", "-")
         if key in installs:
             assert installs[key] == version, f"{name}: resolved {installs[key]}, pinned {version}"
+
+
+def test_leader_election_entrypoint_runs_without_torch() -> None:
+    """`python -m selection_operator.leader` (replicaCount > 1) in the operator image's environment."""
+    result = _python(_blocking(WORKER_ONLY) +
+                     "import runpy, sys\nsys.argv = ['leader', '--help']\n"
+                     "runpy.run_module('selection_operator.leader', run_name='__main__')")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--identity" in result.stdout

@@ -197,12 +197,13 @@ async def test_the_operator_watches_only_dsel_jobs_server_side(kube, api, s3, tm
     assert all(r.params.get("labelSelector", "").startswith("dsel.dev/selection") for r in job_reads)
 
 
-async def test_an_evicted_pod_is_retried_without_counting_as_a_failure(kube, api, s3, tmp_path):
-    """The kubelet's eviction sets DisruptionTarget; the pod failure policy ignores it (backoffLimit 0)."""
-    await create(api, selection_body("evicted", s3["uri"], s3["endpoint"], shards=1, backoffLimitPerIndex=0))
+async def test_an_evicted_pod_counts_against_the_retries(kube, api, s3, tmp_path):
+    """The kubelet's eviction sets DisruptionTarget; the pod failure policy counts it (no endless
+    evictions of a pod that fills its disk), so it is retried within backoffLimit."""
+    await create(api, selection_body("evicted", s3["uri"], s3["endpoint"], shards=1, backoffLimitPerIndex=1))
     async with stub_runner(kube, tmp_path, DSEL_STUB_DELAY="2") as runner, running_operator():
         first = await wait_for(lambda: (runs := runner.runs_of("evicted-warmup")) and runs[0].process and runs[0], 30)
         await runner.evict(first.pod)
         obj = await wait_phase(kube, "evicted", "Succeeded", timeout=60)
     assert [r.exit_code for r in runner.runs_of("evicted-warmup")] == [137, 0]
-    assert obj["status"]["stages"]["warmup"]["podFailures"] == 0
+    assert obj["status"]["stages"]["warmup"]["podFailures"] == 1

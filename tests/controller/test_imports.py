@@ -1,8 +1,8 @@
 """The operator image has no torch: importing the operator must not pull it in.
 
-From the job side the operator may use only `selection.contract`, `selection.spec`,
-`selection.artifacts` and the S3 client beneath them, `selection.storage`, never `selection.jobs`;
-the contract itself is torch-free.
+From the job side the operator may use only `selection.contract`, `selection.spec` (with the
+Kubernetes value grammars it checks, `selection.kube_values`), `selection.artifacts` and the S3
+client beneath them, `selection.storage`, never `selection.jobs`; the contract itself is torch-free.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import pytest
 
 OPERATOR_PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "selection_operator"
 # selection.redact: torch- and dependency-free, so status, Events and logs are redacted the same way.
-ALLOWED_FROM_SELECTION = {"selection.contract", "selection.spec", "selection.artifacts", "selection.storage", "selection.redact"}
+ALLOWED_FROM_SELECTION = {"selection.contract", "selection.spec", "selection.kube_values", "selection.artifacts",
+                          "selection.storage", "selection.redact"}
 
 
 def modules_loaded_by(statement: str) -> set[str]:
@@ -51,7 +52,8 @@ def test_operator_modules_import_only_the_contract_spec_artifacts_and_storage(pa
     assert used <= ALLOWED_FROM_SELECTION, f"{path.name} imports {sorted(used - ALLOWED_FROM_SELECTION)}"
 
 
-def test_the_contract_is_torch_and_kopf_free():
-    loaded = modules_loaded_by("import selection.contract")
+@pytest.mark.parametrize("module", ["selection.contract", "selection.kube_values"])
+def test_the_contract_is_torch_and_kopf_free(module):
+    loaded = modules_loaded_by(f"import {module}")
     assert sorted(m for m in ("torch", "transformers", "peft", "kopf") if m in loaded) == []
     assert sorted(m for m in loaded if m.startswith("selection.jobs")) == []

@@ -79,14 +79,16 @@ def test_pods_get_placement_resources_and_a_locked_down_security_context():
     spec = pod(job)
     container = spec["containers"][0]
     assert container["image"] == "custom/worker:2"
-    assert container["resources"] == {"requests": {"cpu": "4", "memory": "32Gi"}, "limits": {"nvidia.com/gpu": "2"}}
+    assert container["resources"] == {"requests": {"cpu": "4", "memory": "32Gi", "ephemeral-storage": "23552Mi"},
+                                      "limits": {"memory": "32Gi", "nvidia.com/gpu": "2"}}
     assert spec["nodeSelector"] == {"gpu": "a100"}
     assert spec["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-q"
     assert job["spec"]["template"]["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-q"
     assert job["spec"]["suspend"] is True
     assert container["securityContext"] == {
-        "runAsNonRoot": True, "allowPrivilegeEscalation": False, "privileged": False, "capabilities": {"drop": ["ALL"]}}
+        "runAsNonRoot": True, "allowPrivilegeEscalation": False, "privileged": False, "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True}
     assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
     assert spec["restartPolicy"] == "Never" and spec["serviceAccountName"] == "dsel-worker"
     assert spec["automountServiceAccountToken"] is False
@@ -96,7 +98,9 @@ def test_pods_get_placement_resources_and_a_locked_down_security_context():
 def test_defaults_leave_out_optional_fields():
     job = manifests.build_job("warmup", resource(), STORAGE, OperatorSettings(worker_image="w:1"))
     spec = pod(job)
-    assert spec["containers"][0]["image"] == "w:1" and "resources" not in spec["containers"][0]
+    assert spec["containers"][0]["image"] == "w:1"
+    assert spec["containers"][0]["resources"] == {"requests": {"ephemeral-storage": "23552Mi"}}  # the sized volumes only
+    assert "imagePullSecrets" not in spec and "affinity" not in spec and "priorityClassName" not in spec
     assert "nodeSelector" not in spec and "tolerations" not in spec and "serviceAccountName" not in spec
     assert "suspend" not in job["spec"] and "ttlSecondsAfterFinished" not in job["spec"]
     assert "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
@@ -139,3 +143,11 @@ def test_storage_resolution_uses_operator_defaults():
 def test_unknown_stage_is_refused():
     with pytest.raises(ValueError, match="unknown stage"):
         manifests.build_job("train", resource(), STORAGE, SETTINGS)
+
+
+@pytest.mark.parametrize(("cpu", "threads"), [("4", "4"), ("500m", "1"), ("2.5", "3"), ("1500m", "2"), (None, None)])
+def test_worker_threads_sleep_when_idle_and_match_the_cpu_request(cpu, threads):
+    job = manifests.build_job("extract", resource(**({"cpu": cpu} if cpu else {})), STORAGE, SETTINGS)
+    env = {e["name"]: e.get("value") for e in pod(job)["containers"][0]["env"]}
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert env.get("OMP_NUM_THREADS") == threads and env.get("MKL_NUM_THREADS") == threads

@@ -42,8 +42,10 @@ def _spec(**values):
 
 
 @pytest.mark.parametrize(("mutate", "expected"), [
-    (_spec(**{"selection.budget": 1000}), "spec.selection.budget: budget 1000 must be a fraction in (0, 1] or a count in [1, N=300]"),
-    (_spec(**{"selection.budget": 1e-9}), "spec.selection.budget: budget 1e-09 of N=300 selects floor(1e-09 x 300) = 0"),
+    (_spec(**{"selection.budget": 1000, "selection.fraction": None}),
+     "spec.selection.budget: budget 1000 must be a fraction in (0, 1] or a count in [1, N=300]"),
+    (_spec(**{"selection.budget": 1e-9, "selection.fraction": None}),
+     "spec.selection.budget: budget 1e-09 of N=300 selects floor(1e-09 x 300) = 0"),
     (_spec(**{"model.source": "tiny:llama-huge"}), "model.source 'tiny:llama-huge': unknown tiny preset"),
     (_spec(**{"model.source": "/no/such/model"}), "model.source '/no/such/model': no such model directory"),
     (_spec(**{"warmup.lora.targetModules": ["q_proj", "attn"]}),

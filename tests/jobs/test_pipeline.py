@@ -79,7 +79,8 @@ def test_rerun_reuses_everything_and_changed_budget_only_reduces(three_shard_run
     again = run_selection(demo_resource(), storage_uri=str(root / "store"), base_dir=DEMO_DIR, progress=False)
     assert again["indices"] == first["indices"]
     smaller = run_selection(
-        demo_resource(**{"selection.budget": 10}), storage_uri=str(root / "store"), base_dir=DEMO_DIR, progress=False
+        demo_resource(**{"selection.budget": 10, "selection.fraction": None}), storage_uri=str(root / "store"),
+        base_dir=DEMO_DIR, progress=False,
     )
     assert len(smaller["indices"]) == 10
     after = {k: store.get_bytes(k) for k in store.list_keys("features") if k.endswith("MANIFEST.json")}
@@ -165,7 +166,7 @@ def test_unknown_task_in_a_validation_file(tmp_path, capsys):
     (301, "spec.selection.budget: budget 301 must be a fraction in (0, 1] or a count in [1, N=300]"),
 ])
 def test_budget_out_of_range(tmp_path, capsys, budget, message):
-    spec = write_spec(tmp_path, lambda d: d["spec"]["selection"].update(budget=budget))
+    spec = write_spec(tmp_path, lambda d: d["spec"]["selection"].update(budget=budget, fraction=None))
     code, err = run_cli(["run", str(spec), "-q", "--storage", str(tmp_path / "s")], capsys)
     assert code == 2 and message in err
     assert_nothing_committed(tmp_path / "s")

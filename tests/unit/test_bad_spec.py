@@ -65,8 +65,11 @@ def test_refused_fields_name_file_and_path(tmp_path, capsys, mutate, field, mess
     assert "hunter2" not in err
 
 
+DEMO_FRACTION_LINE = "    fraction: 0.15         # 45 of the 300 examples (or budget: 45, a count)"
+
+
 def test_duplicate_yaml_key_is_refused_with_its_line(tmp_path, capsys):
-    text = DEMO.read_text().replace("    budget: 0.15", "    budget: 0.15\n    budget: 30")
+    text = DEMO.read_text().replace(DEMO_FRACTION_LINE, "    budget: 45\n    budget: 30")
     path = spec_file(tmp_path, text=text)
     code, err = validate(path, capsys)
     line = text.splitlines().index("    budget: 30") + 1
@@ -76,7 +79,7 @@ def test_duplicate_yaml_key_is_refused_with_its_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("written", ["1_0", "1:30"])
 def test_yaml11_only_numbers_are_refused(tmp_path, capsys, written):
-    text = DEMO.read_text().replace("    budget: 0.15", f"    budget: {written}")
+    text = DEMO.read_text().replace(DEMO_FRACTION_LINE, f"    budget: {written}")
     path = spec_file(tmp_path, text=text)
     code, err = validate(path, capsys)
     line = text.splitlines().index(f"    budget: {written}") + 1

@@ -69,7 +69,7 @@ def finite_difference(model, examples, blocks: int, tangents: int, seed: int, ep
             ids = torch.tensor([example.input_ids])
             per_tangent = []
             for t in range(tangents):
-                def hidden(step):
+                def hidden(step, t=t, ids=ids):
                     params = {n: p + step * directions[n][t] for n, p in primals.items()}
                     out = torch.func.functional_call(decoder, params, (ids,), {"use_cache": False})
                     return out.last_hidden_state[0, -1]

@@ -199,6 +199,29 @@ def test_out_of_memory_halves_the_batch_and_keeps_going(model, examples, tokeniz
     assert relative_error(got, expected) < TOLERANCE
 
 
+def test_the_pipeline_engine_keeps_a_lowered_batch_size_across_checkpoints(model, examples, tokenizer, monkeypatch):
+    engine = default_extractor()
+    assert default_extractor() is engine  # one engine per process: what it learns is kept
+    monkeypatch.setattr(engine, "max_rows", None)
+    run, sizes = engine._run, []
+
+    def run_out_of_memory_once(model, batch, projector, precondition):
+        sizes.append(batch["input_ids"].shape[0])
+        if len(sizes) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return run(model, batch, projector, precondition)
+
+    monkeypatch.setattr(engine, "_run", run_out_of_memory_once)
+    options = dict(
+        projector=CountSketchProjector(lora_dim(model), 64, seed=2), precondition=None, batch_size=6,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    first_checkpoint = compute_features(model, examples, extractor=default_extractor(), **options)
+    later_checkpoint = compute_features(model, examples, extractor=default_extractor(), **options)
+    assert sizes == [6, 3, 3, 3, 3]  # the later checkpoint starts at the halved size: no second failure
+    np.testing.assert_array_equal(first_checkpoint, later_checkpoint)
+
+
 def test_shards_concatenate_to_the_unsharded_result(model, examples, tokenizer, adam):
     projector = CountSketchProjector(lora_dim(model), 128, seed=4)
     options = dict(

@@ -13,9 +13,11 @@ import torch
 
 from selection.gradients.projection import (
     BLOCK_ROWS,
+    MAX_DENSE_BLOCK_BYTES,
     CountSketchProjector,
     IdentityProjector,
     RademacherProjector,
+    dense_block_rows,
     make_projector,
 )
 
@@ -93,6 +95,34 @@ def test_rademacher_cache_limit_regenerates_identically():
     x = vectors(2)
     assert torch.equal(cached.project(x), uncached.project(x))
     assert uncached.largest_block_bytes == BLOCK_ROWS * 16 * 4
+
+
+@pytest.mark.parametrize("d", [1, 40, 8192, 65536, 65537, 100_000, 1_000_000, 2**28])
+def test_dense_blocks_stay_within_one_gib_for_any_dimension(d):
+    rows = dense_block_rows(d)
+    assert rows * d * 4 <= MAX_DENSE_BLOCK_BYTES and rows >= 1
+    assert rows == BLOCK_ROWS if d <= 65536 else rows * 2 * d * 4 > MAX_DENSE_BLOCK_BYTES  # as large as allowed
+    projector = RademacherProjector(10**6, d, seed=0) if d <= 10**6 else None  # construction draws nothing
+    if projector is not None:
+        assert projector.block_rows * d * 4 <= MAX_DENSE_BLOCK_BYTES
+
+
+def test_rows_too_wide_for_one_block_are_refused():
+    with pytest.raises(ValueError, match="gradients.projectionDim"):
+        RademacherProjector(10, 2**28 + 1, seed=0)
+
+
+def test_smaller_blocks_still_define_the_same_kind_of_matrix():
+    # A tiny bound stands for a huge d: the blocks shrink, stay under it, and project correctly.
+    projector = RademacherProjector(P, 40, seed=3, max_block_bytes=1000 * 40 * 4, cache_bytes=0)
+    assert projector.block_rows == 512 and projector.blocks == math.ceil(P / 512)
+    matrix = torch.cat([projector.block(b) for b in range(projector.blocks)])
+    assert matrix.shape == (P, 40) and projector.largest_block_bytes <= 1000 * 40 * 4
+    x = vectors(3)
+    torch.testing.assert_close(projector.project(x), x @ matrix, rtol=1e-5, atol=1e-5)
+    raw = np.random.Generator(np.random.Philox(np.random.SeedSequence([3, 2, 1]))).bytes(512 * 40 // 8)
+    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8)).reshape(512, 40)
+    np.testing.assert_array_equal(bits == 1, projector.block(2).numpy() > 0)
 
 
 SCRIPT = """

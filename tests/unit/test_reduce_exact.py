@@ -116,7 +116,7 @@ def test_short_lists_exercise_refills_and_whole_column_scans():
     rng = np.random.default_rng(3)
     a = rng.integers(0, 2, (60, 4)).astype(np.float64)  # two values: long tied prefixes
     tasks = ["a", "a", "b", "b"]
-    stats, groups = normalize.column_stats(a), normalize.task_groups(tasks)
+    stats = normalize.column_stats(a)
     expected = naive.naive_bids(a, tasks, 60)
     engine = bids.BidsEngine(bids.InstanceSource(a, stats), 60, list_length=2)
     assert engine.run(iterative=True) == expected

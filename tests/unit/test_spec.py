@@ -41,7 +41,7 @@ def test_full_defaults_follow_the_specification():
     assert (s.warmup.lora.r, s.warmup.lora.alpha, s.warmup.learning_rate) == (128, 512.0, 2e-5)
     assert (s.warmup.epochs, s.warmup.fraction, s.warmup.effective_batch_size) == (4, 0.05, 128)
     assert (s.warmup.warmup_ratio, s.warmup.weight_decay, s.warmup.eps) == (0.03, 0.0, 1e-8)
-    assert (s.gradients.projection_dim, s.gradients.projection) == (8192, "rademacher")
+    assert (s.gradients.projection_dim, s.gradients.projection) == (8192, "countsketch")
     assert (s.selection.granularity, s.selection.normalize, s.selection.iterative) == ("instance", True, True)
 
 
@@ -80,10 +80,13 @@ def test_every_problem_is_reported_at_once():
 
 def test_budget_keeps_count_and_fraction_apart():
     document = demo_document()
+    del document["spec"]["selection"]["fraction"]
     document["spec"]["selection"]["budget"] = 30
     assert spec.parse_selection(document).spec.selection.budget == 30
     assert isinstance(spec.parse_selection(document).spec.selection.budget, int)
-    document["spec"]["selection"]["budget"] = 1.0
+    del document["spec"]["selection"]["budget"]
+    document["spec"]["selection"]["fraction"] = 1  # what the API server returns for 1.0
+    assert spec.parse_selection(document).spec.selection.budget == 1.0
     assert isinstance(spec.parse_selection(document).spec.selection.budget, float)
 
 

@@ -51,6 +51,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- end }}
 
+{{/* [{name: a}, {name: b}] -> "a,b" (LocalObjectReferences as a comma-separated setting). */}}
+{{- define "dsel.joinNames" -}}
+{{- $names := list }}
+{{- range . }}{{ $names = append $names .name }}{{ end }}
+{{- join "," $names }}
+{{- end }}
+
 {{/*
 What the operator does in a namespace it serves; the same rules become a ClusterRole
 (all namespaces) or one Role per watched namespace. Verbs are exactly what the operator and
