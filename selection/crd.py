@@ -31,6 +31,11 @@ _STATUS_SCHEMA: dict[str, Any] = {
             "description": "Pending, Warmup, Extracting, Reducing, Succeeded or Failed.",
         },
         "progress": {"type": "string", "description": "Human-readable progress of the current stage."},
+        "waiting": {
+            "type": "string",
+            "description": "Why the running stage's pods do not run (e.g. CreateContainerConfigError, "
+            "ImagePullBackOff, Unschedulable, FailedCreate, or Kueue's reason); absent while they run.",
+        },
         "observedGeneration": {"type": "integer", "format": "int64"},
         "startTime": {"type": "string", "format": "date-time"},
         "completionTime": {"type": "string", "format": "date-time"},
@@ -71,6 +76,7 @@ PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
     {"name": "Selected", "type": "integer", "jsonPath": ".status.selection.count"},
+    {"name": "Waiting", "type": "string", "jsonPath": ".status.waiting"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

@@ -294,7 +294,9 @@ def _resolve_endpoint(endpoint_url: str | None) -> str | None:
     return None
 
 
-def _make_s3_client(endpoint_url: str | None, region: str | None) -> Any:
+def _make_s3_client(
+    endpoint_url: str | None, region: str | None, credentials: Mapping[str, str] | None = None
+) -> Any:
     import boto3  # deferred: local-only runs and the operator's pure modules need no boto3
     from botocore.config import Config
 
@@ -309,9 +311,13 @@ def _make_s3_client(endpoint_url: str | None, region: str | None) -> Any:
         # Custom endpoints (MinIO, SeaweedFS, Ceph) rarely resolve bucket subdomains.
         s3={"addressing_style": "path"} if endpoint_url else None,
     )
-    return boto3.session.Session().client(
-        "s3", endpoint_url=endpoint_url, region_name=region, config=config
+    keys = credentials or {}
+    session = boto3.session.Session(
+        aws_access_key_id=keys.get("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=keys.get("AWS_SECRET_ACCESS_KEY"),
+        aws_session_token=keys.get("AWS_SESSION_TOKEN"),
     )
+    return session.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
 
 
 def _parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -339,11 +345,12 @@ class S3Store:
         endpoint_url: str | None = None,
         region: str | None = None,
         client: Any = None,
+        credentials: Mapping[str, str] | None = None,
     ) -> None:
         prefix = prefix.strip("/")
         self.bucket, self.prefix = _parse_s3_uri(f"s3://{bucket}/{prefix}")
         self.uri = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
-        self.client = client if client is not None else _make_s3_client(endpoint_url, region)
+        self.client = client if client is not None else _make_s3_client(endpoint_url, region, credentials)
         self.endpoint_url: str = self.client.meta.endpoint_url
 
     def __repr__(self) -> str:
@@ -590,12 +597,17 @@ def check_endpoint(endpoint: str, source: str = "endpoint") -> str:
 
 
 def open_store(
-    uri: str, *, endpoint_url: str | None = None, region: str | None = None
+    uri: str,
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    credentials: Mapping[str, str] | None = None,
 ) -> ObjectStore:
     """Open a plain path, ``file://`` URI or ``s3://bucket[/prefix]`` as a store.
 
     For S3 the endpoint is ``endpoint_url``, else ``$DSEL_S3_ENDPOINT``, else
-    ``$AWS_ENDPOINT_URL``, else AWS itself; credentials come from boto3's default chain. The
+    ``$AWS_ENDPOINT_URL``, else AWS itself; credentials are `credentials` (AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) when given, else boto3's default chain. The
     bucket is checked now so a wrong endpoint or bucket fails at job start, not mid-run.
     """
     if not isinstance(uri, str) or not uri.strip():
@@ -604,7 +616,8 @@ def open_store(
     if uri.startswith("s3://"):
         bucket, prefix = _parse_s3_uri(uri)
         store = S3Store(
-            bucket, prefix, endpoint_url=_resolve_endpoint(endpoint_url), region=region
+            bucket, prefix, endpoint_url=_resolve_endpoint(endpoint_url), region=region,
+            credentials=credentials,
         )
         store.check()
         return store

@@ -9,6 +9,7 @@ in a worker thread and the event loop stays free for kopf.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -30,7 +31,13 @@ _PATHS = {
     ("batch/v1", "Job"): "/apis/batch/v1/namespaces/{namespace}/jobs",
     ("v1", "ConfigMap"): "/api/v1/namespaces/{namespace}/configmaps",
     ("v1", "Pod"): "/api/v1/namespaces/{namespace}/pods",
+    ("v1", "Event"): "/api/v1/namespaces/{namespace}/events",
+    ("v1", "Secret"): "/api/v1/namespaces/{namespace}/secrets",
+    ("kueue.x-k8s.io/v1beta1", "Workload"): "/apis/kueue.x-k8s.io/v1beta1/namespaces/{namespace}/workloads",
 }
+# Answers worth retrying: the object exists already (handled by callers), throttling, timeouts,
+# and Forbidden, which is RBAC or a ResourceQuota an admin can fix without touching the spec.
+RETRYABLE_STATUS = frozenset({403, 408, 409, 429})
 _SELECTIONS = f"/apis/{spec_module.API_GROUP}/{spec_module.API_VERSION}/namespaces/{{namespace}}/{spec_module.PLURAL}"
 
 
@@ -42,6 +49,13 @@ class ApiError(Exception):
         self.status = status
         self.reason = reason
         self.message = message
+        self.kind: str | None = None  # the object a create was refused for
+        self.name: str | None = None
+
+    @property
+    def permanent(self) -> bool:
+        """A 4xx that repeating the same request cannot fix (e.g. 400 BadRequest, 422 Invalid)."""
+        return 400 <= self.status < 500 and self.status not in RETRYABLE_STATUS
 
 
 def load_configuration() -> kubernetes.client.Configuration:
@@ -146,6 +160,20 @@ class Cluster:
             content_type="application/merge-patch+json",
         )
 
+    async def remove_selection_finalizer(self, namespace: str, name: str, finalizer: str) -> None:
+        """Drop one finalizer (a JSON patch that fails if the list changed meanwhile)."""
+        current = await self.get_selection(namespace, name)
+        finalizers = list(((current or {}).get("metadata") or {}).get("finalizers") or ())
+        if finalizer not in finalizers:
+            return
+        position = finalizers.index(finalizer)
+        await self.request(
+            "PATCH", f"{_SELECTIONS.format(namespace=namespace)}/{name}",
+            body=[{"op": "test", "path": f"/metadata/finalizers/{position}", "value": finalizer},
+                  {"op": "remove", "path": f"/metadata/finalizers/{position}"}],
+            content_type="application/json-patch+json",
+        )
+
     # --- children -----------------------------------------------------------------------
     async def list_owned(self, api_version: str, kind: str, namespace: str, selection: str) -> list[dict[str, Any]]:
         """Objects of a kind labelled with the selection's name (ownership is checked by callers)."""
@@ -170,21 +198,46 @@ class Cluster:
         except ApiError as error:
             if error.status == 409:
                 return False
+            error.kind, error.name = obj["kind"], meta.get("name")
             raise
         return True
 
-    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
-        """Delete with background propagation, so a Job's pods go too; False when already gone."""
-        path = f"{_PATHS[(api_version, kind)].format(namespace=namespace)}/{name}"
+    async def suspend_job(self, namespace: str, name: str) -> None:
+        """Suspend a Job: the Job controller stops its pods (kept for `kubectl describe`)."""
+        await self.request(
+            "PATCH", f"{_PATHS[('batch/v1', 'Job')].format(namespace=namespace)}/{name}",
+            body={"spec": {"suspend": True}}, content_type="application/merge-patch+json",
+        )
+
+    async def get_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's decoded data, or None when it does not exist."""
+        found = await self.get("v1", "Secret", namespace, name)
+        if found is None:
+            return None
+        data = found.get("data") or {}
+        return {key: base64.b64decode(value).decode("utf-8", errors="replace") for key, value in data.items()}
+
+    async def list_events(self, namespace: str, kind: str, name: str) -> list[dict[str, Any]]:
+        """Events about one object (e.g. the Job controller's FailedCreate on a Job)."""
+        found = await self.request(
+            "GET", _PATHS[("v1", "Event")].format(namespace=namespace),
+            query={"fieldSelector": f"involvedObject.kind={kind},involvedObject.name={name}"},
+        )
+        return list(found.get("items") or [])
+
+    async def list_workloads(self, namespace: str, job_uid: str) -> list[dict[str, Any]] | None:
+        """Kueue's Workloads of a Job; None when Kueue is not installed (no such resource)."""
         try:
-            await self.request(
-                "DELETE", path, body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+            found = await self.request(
+                "GET", _PATHS[("kueue.x-k8s.io/v1beta1", "Workload")].format(namespace=namespace),
+                query={"labelSelector": f"kueue.x-k8s.io/job-uid={job_uid}"},
             )
         except ApiError as error:
-            if error.status == 404:
-                return False
+            if error.status in (403, 404):  # no Kueue, or no right to read its Workloads
+                log.debug("cannot list Kueue Workloads in %s: %s", namespace, error)
+                return None
             raise
-        return True
+        return list(found.get("items") or [])
 
     # --- pods -----------------------------------------------------------------------------
     async def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:

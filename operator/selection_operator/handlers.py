@@ -15,6 +15,11 @@ from selection_operator.settings import OperatorSettings
 GROUP, VERSION, PLURAL = spec_module.API_GROUP, spec_module.API_VERSION, spec_module.PLURAL
 
 
+# The finalizer that dsel's operator used to put on DataSelections (through kopf daemons and a
+# delete handler). None is added any more; a resource still carrying it is released on deletion.
+LEGACY_FINALIZER = "dsel.dev/cleanup"
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Read the DSEL_* environment, connect, and start the metrics endpoint."""
@@ -22,12 +27,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
     if config.logging_level is not None:
         logging.getLogger().setLevel(config.logging_level)
     # Our own names for kopf's bookkeeping, and none of it in .status (that is ours).
-    settings.persistence.finalizer = "dsel.dev/cleanup"
+    settings.persistence.finalizer = LEGACY_FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="dsel.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="dsel.dev", key="last-handled-configuration"
     )
     settings.posting.reporting_component = "dsel-operator"
+    # Only dsel's Jobs, filtered by the API server (kopf's handler filters are client-side).
+    settings.watching.label_selectors["batch", "v1", "jobs"] = manifests.LABEL_SELECTION
     memo.dsel = reconciler.Context.create(config)
     logger.info(
         "dsel operator: worker image %s, default storage %s, metrics %s",
@@ -40,7 +47,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: ko
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     context = memo.get("dsel")
     if context is not None:
-        context.close()
+        await context.close()
 
 
 @kopf.on.login()
@@ -49,34 +56,26 @@ def login(**_: Any) -> kopf.ConnectionInfo:
     return kopf.ConnectionInfo(**cluster.connection_info(cluster.load_configuration()))
 
 
-# Deletion stops the loop via `stopped`; kopf checks every second and cancels it after 10 s.
-@kopf.daemon(GROUP, VERSION, PLURAL, id="reconcile", cancellation_polling=1.0, cancellation_timeout=10.0)
-async def run_selection(
-    namespace: str | None, name: str, memo: kopf.Memo, logger: kopf.Logger, stopped: kopf.DaemonStopped, **_: Any
-) -> None:
-    await reconciler.watch_over(memo.dsel, _namespaced(namespace), name, logger, stopped)
-
-
-# Event handlers are async so that they run in the loop that owns the wake-up events
-# (kopf runs sync handlers in threads).
+# Event handlers are async so that they run in the loop that owns the reconcile loops and their
+# wake-up events (kopf runs sync handlers in threads). No handler here needs a finalizer.
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def selection_changed(type: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def selection_changed(
+    type: str, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
     meta = body.get("metadata", {})
-    if type == "DELETED":
-        memo.dsel.metrics.set_phase(meta.get("namespace"), meta.get("name"), None)
+    namespace, name = _namespaced(meta.get("namespace")), meta.get("name")
+    if type == "DELETED" or meta.get("deletionTimestamp"):
+        memo.dsel.supervisor.stop(namespace, name)
+        memo.dsel.metrics.set_phase(namespace, name, None)
+        if type != "DELETED" and LEGACY_FINALIZER in (meta.get("finalizers") or ()):
+            await memo.dsel.cluster.remove_selection_finalizer(namespace, name, LEGACY_FINALIZER)
         return
-    memo.dsel.wakeups.poke_on_new_generation(meta.get("namespace"), meta.get("name"), meta.get("generation"))
+    memo.dsel.supervisor.ensure(namespace, name, meta.get("generation"), logger)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={manifests.LABEL_SELECTION: kopf.PRESENT})
 async def job_changed(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     memo.dsel.wakeups.poke(_namespaced(namespace), labels[manifests.LABEL_SELECTION])
-
-
-@kopf.on.delete(GROUP, VERSION, PLURAL, retries=5, backoff=2)
-async def clean_up(namespace: str | None, name: str, uid: str, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """Delete the Jobs (and so their pods) and ConfigMaps now, not whenever garbage collection runs."""
-    await reconciler.delete_children(memo.dsel, _namespaced(namespace), name, uid, logger)
 
 
 def _namespaced(namespace: str | None) -> str:

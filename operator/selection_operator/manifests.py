@@ -6,8 +6,8 @@ and creates them. Names are deterministic so that creating an existing object is
 Every pod runs `python -m selection.jobs <entrypoint> /etc/dsel/args.json`, where args.json is
 the `selection.contract.JobArgs` document of the resource as it started, mounted from the
 ConfigMap; which stages exist and how each one runs is the table `selection.contract.STAGES`.
-S3 credentials reach the pods only as `secretKeyRef` env vars: the operator never reads the
-Secret.
+S3 credentials reach the pods only as `secretKeyRef` env vars; the operator reads the named
+Secret only to fetch selection.json as the pods would (reconciler.storage_credentials).
 """
 
 from __future__ import annotations
@@ -337,6 +337,8 @@ def build_job(
     job_spec[stage.retry_limit_field] = res.backoff_limit_per_index
     if stage.indexed:
         job_spec["completionMode"] = "Indexed"
+        # Every shard is needed: the first one failed for good fails the Job, the others stop.
+        job_spec["maxFailedIndexes"] = 0
     if res.queue_name:
         job_spec["suspend"] = True  # Kueue admits (unsuspends) the Job when its quota allows
     if settings.job_ttl_seconds is not None:

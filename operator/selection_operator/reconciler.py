@@ -1,8 +1,10 @@
 """Observe, decide, act: runs the pure state machine against the cluster for one DataSelection.
 
-One long-lived loop per resource (a kopf daemon) is the only writer of its status. Job events
-wake it at once; otherwise it re-checks every `resync_seconds` while the selection runs, and
-sleeps until the spec changes once it has finished.
+One long-lived loop per resource (started by the `Supervisor`, without a finalizer) is the only
+writer of its status. Job events wake it at once; otherwise it re-checks every `resync_seconds`
+while the selection runs, and sleeps until the spec changes once it has finished. Each round
+observes (the resource, its ConfigMap and Jobs; pods, Events, Workloads, the failed pod's
+message or selection.json only when the plan asks), decides (`phases.decide`) and applies.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import asyncio
 import dataclasses
 import datetime
 import json
+import traceback
 from collections.abc import Mapping
 from typing import Any, cast
 
 import kopf
 
 from selection import contract
+from selection.redact import redact
 
 from selection_operator import cluster as cluster_module
 from selection_operator import manifests, phases, results
@@ -68,6 +72,10 @@ class Context:
     settings: OperatorSettings
     metrics: Metrics
     wakeups: Wakeups = dataclasses.field(default_factory=Wakeups)
+    supervisor: "Supervisor" = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.supervisor = Supervisor(self)
 
     @classmethod
     def create(cls, settings: OperatorSettings) -> "Context":
@@ -75,7 +83,8 @@ class Context:
         metrics.serve(settings.metrics_port, settings.metrics_address)
         return cls(cluster=cluster_module.Cluster.from_environment(), settings=settings, metrics=metrics)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        await self.supervisor.close()
         self.metrics.close()
         self.cluster.close()
 
@@ -151,18 +160,176 @@ async def observe(ctx: Context, resource: Mapping[str, Any]) -> tuple[phases.Obs
         jobs={stage: phases.JobState.from_job(job) for stage, job in jobs_by_stage.items()},
         settings=ctx.settings,
         now=now_rfc3339(),
+        specs=phases.read_specs(resource, started),
     )
     return observation, jobs_by_stage
 
 
-async def apply(ctx: Context, resource: Mapping[str, Any], plan: phases.Plan, logger: kopf.Logger) -> None:
+def _pod_waiting(pod: Mapping[str, Any]) -> phases.Waiting | None:
+    """Why one pod does not run: unschedulable, or its worker container waiting to start."""
+    name = (pod.get("metadata") or {}).get("name", "?")
+    status = pod.get("status") or {}
+    if status.get("phase") not in (None, "Pending"):
+        return None
+    for condition in status.get("conditions") or ():
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return phases.Waiting(condition.get("reason") or "Unschedulable", condition.get("message") or "",
+                                  f"pod {name}")
+    for container in status.get("containerStatuses") or ():
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        # ContainerCreating and PodInitializing are what every pod passes through.
+        if waiting.get("reason") and waiting["reason"] not in ("ContainerCreating", "PodInitializing"):
+            return phases.Waiting(waiting["reason"], waiting.get("message") or "", f"pod {name}")
+    return None
+
+
+def _workload_waiting(workloads: list[dict[str, Any]] | None, job: phases.JobState, queue: str | None) -> phases.Waiting | None:
+    """Kueue's reason for not admitting a suspended Job (its Workload's conditions)."""
+    if not queue:
+        return None
+    if workloads is None:
+        return None  # no Kueue here (or no right to read it): the Running condition says "suspended"
+    if not workloads:
+        return phases.Waiting("NoWorkload", f"Kueue has no Workload for Job {job.name} yet: is LocalQueue "
+                              f"{queue} served by a Kueue controller?", f"Job {job.name}")
+    workload = workloads[0]
+    name = (workload.get("metadata") or {}).get("name", "?")
+    by_type = {c.get("type"): c for c in (workload.get("status") or {}).get("conditions") or ()}
+    for kind in ("QuotaReserved", "Admitted"):
+        condition = by_type.get(kind)
+        if condition is not None and condition.get("status") == "False":
+            return phases.Waiting(condition.get("reason") or "Pending", condition.get("message") or "",
+                                  f"Workload {name} (queue {queue})")
+    if "QuotaReserved" not in by_type:
+        return phases.Waiting("Pending", "not yet considered for admission", f"Workload {name} (queue {queue})")
+    return None
+
+
+async def waiting_detail(
+    ctx: Context, namespace: str, job: phases.JobState, raw_job: Mapping[str, Any], queue: str | None
+) -> phases.Waiting | None:
+    """Why the stage's pods do not run (or its Job is not admitted), else None."""
+    if job.suspended:
+        uid = (raw_job.get("metadata") or {}).get("uid", "")
+        return _workload_waiting(await ctx.cluster.list_workloads(namespace, uid), job, queue)
+    pods = await ctx.cluster.list_pods(namespace, f"batch.kubernetes.io/job-name={job.name}")
+    for pod in sorted(pods, key=lambda p: (p.get("metadata") or {}).get("name", "")):
+        found = _pod_waiting(pod)
+        if found is not None:
+            return found
+    if job.active == 0:  # no pod at all: the Job controller says why it could not create one
+        events = [e for e in await ctx.cluster.list_events(namespace, "Job", job.name)
+                  if e.get("reason") == "FailedCreate"]
+        if events:
+            latest = max(events, key=_event_time)
+            newest_pod = max((str((p.get("metadata") or {}).get("creationTimestamp") or "") for p in pods), default="")
+            # An Event outlives its cause (an hour by default): one older than the Job's newest
+            # pod is about a failure that has since gone away.
+            if _event_time(latest) >= newest_pod:
+                return phases.Waiting("FailedCreate", latest.get("message") or "", f"Job {job.name}")
+    return None
+
+
+def _event_time(event: Mapping[str, Any]) -> str:
+    return str(event.get("lastTimestamp") or event.get("eventTime") or (event.get("metadata") or {}).get(
+        "creationTimestamp") or "")
+
+
+async def storage_credentials(ctx: Context, namespace: str, secret: str | None) -> dict[str, str] | None:
+    """The S3 keys of the selection's credentials Secret, read as its pods get them; None means
+    the operator's own credentials (no Secret named)."""
+    if not secret:
+        return None
+    data = await ctx.cluster.get_secret_data(namespace, secret)
+    if data is None:
+        raise results.CredentialsError(f"credentials Secret {namespace}/{secret} not found")
+    missing = [key for key, required in manifests.SECRET_KEYS.items() if required and not data.get(key)]
+    if missing:
+        raise results.CredentialsError(f"credentials Secret {namespace}/{secret} has no {', '.join(missing)}")
+    return {key: data[key] for key in manifests.SECRET_KEYS if data.get(key)}
+
+
+async def _read_selection(ctx: Context, namespace: str, storage: contract.StorageLocation) -> phases.SelectionRead:
+    try:
+        credentials = await storage_credentials(ctx, namespace, storage.credentials_secret)
+    except results.CredentialsError as error:
+        return phases.SelectionRead(error=str(error))
+    return await asyncio.to_thread(results.read_selection, storage, credentials)
+
+
+async def gather_needs(
+    ctx: Context, observation: phases.Observation, jobs: Mapping[str, Mapping[str, Any]], plan: phases.Plan
+) -> phases.Observation:
+    """The observation with the details the plan asked for."""
+    needs = plan.needs
+    assert needs is not None
+    namespace = observation.resource["metadata"]["namespace"]
+    if needs.failure_of is not None:
+        stage = needs.failure_of
+        detail = await failure_detail(ctx.cluster, namespace, observation.jobs[stage], stage)
+        observation = dataclasses.replace(observation, failure=detail)
+    if needs.waiting_of is not None:
+        stage = needs.waiting_of
+        queue = plan.resource.spec.resources.queue_name if plan.resource is not None else None
+        waiting = await waiting_detail(ctx, namespace, observation.jobs[stage], jobs[stage], queue)
+        observation = dataclasses.replace(observation, waiting=waiting, waiting_checked=True)
+    if needs.selection and plan.storage is not None:
+        observation = dataclasses.replace(observation, selection=await _read_selection(ctx, namespace, plan.storage))
+    return observation
+
+
+async def _create(ctx: Context, obj: dict[str, Any], owner: Mapping[str, Any]) -> bool:
+    manifests.adopt(obj, owner)  # not kopf.adopt: the owner's labels must not leak onto children
+    return await ctx.cluster.create(obj)
+
+
+async def apply(
+    ctx: Context, resource: Mapping[str, Any], observation: phases.Observation, plan: phases.Plan,
+    logger: kopf.Logger,
+) -> phases.Plan:
+    """Create what the plan names, then write its status and Events, even when a create failed.
+
+    A create the API server refuses for good (a 4xx other than 403/408/409/429) fails the
+    selection with the API's message; other errors are raised after the status is written, so
+    the loop retries with backoff."""
     meta = resource["metadata"]
     namespace, name = meta["namespace"], meta["name"]
-    owner = kopf.Body(cast(kopf.RawBody, dict(resource)))  # a raw object from the API: kopf's view of it
-    if plan.create_config_map and plan.resource is not None and plan.storage is not None:
+    transient: cluster_module.ApiError | None = None
+    try:
+        await _create_children(ctx, resource, plan, logger)
+    except cluster_module.ApiError as error:
+        if not error.permanent or error.kind is None:
+            transient = error
+        else:
+            plan = phases.refused(observation, plan, error.kind, error.name or "?", error.status, error.message)
+    if plan.suspend_jobs:
+        for stage in plan.suspend_jobs:
+            await ctx.cluster.suspend_job(namespace, manifests.job_name(name, stage))
+    old = resource.get("status") or {}
+    patch = phases.merge_patch(old, plan.status)
+    if patch is not None:
+        await ctx.cluster.patch_selection_status(namespace, name, patch)
+    for event in plan.events:
+        owner = kopf.Body(cast(kopf.RawBody, dict(resource)))  # a raw object from the API: kopf's view of it
+        kopf.event(owner, type=event.type, reason=event.reason, message=redact(event.message))
+        (logger.warning if event.type == "Warning" else logger.info)("%s: %s", event.reason, redact(event.message))
+    ctx.metrics.record(old, plan.status)
+    ctx.metrics.set_phase(namespace, name, plan.status.get("phase"))
+    if transient is not None:
+        raise transient
+    return plan
+
+
+async def _create_children(
+    ctx: Context, resource: Mapping[str, Any], plan: phases.Plan, logger: kopf.Logger
+) -> None:
+    meta = resource["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    if plan.resource is None or plan.storage is None:
+        return
+    if plan.create_config_map:
         config_map = manifests.build_config_map(plan.resource, plan.storage)
-        manifests.adopt(config_map, owner)
-        if not await ctx.cluster.create(config_map):
+        if not await _create(ctx, config_map, resource):
             existing = await ctx.cluster.get("v1", "ConfigMap", namespace, config_map["metadata"]["name"])
             if existing is not None and not owned_by(existing, meta.get("uid")):
                 # A namesake's leftover (deleted and recreated quickly): its Jobs would mount the
@@ -171,48 +338,28 @@ async def apply(ctx: Context, resource: Mapping[str, Any], plan: phases.Plan, lo
                                config_map["metadata"]["name"], name)
                 return
     for stage in plan.create_jobs:
-        if plan.resource is None or plan.storage is None:
-            break
         job = manifests.build_job(stage, plan.resource, plan.storage, ctx.settings)
-        manifests.adopt(job, owner)
-        if await ctx.cluster.create(job):
+        if await _create(ctx, job, resource):
             logger.info("created Job %s", job["metadata"]["name"])
-    old = resource.get("status") or {}
-    patch = phases.merge_patch(old, plan.status)
-    if patch is not None:
-        await ctx.cluster.patch_selection_status(namespace, name, patch)
-    for event in plan.events:
-        kopf.event(owner, type=event.type, reason=event.reason, message=event.message)
-        (logger.warning if event.type == "Warning" else logger.info)("%s: %s", event.reason, event.message)
-    ctx.metrics.record(old, plan.status)
-    ctx.metrics.set_phase(namespace, name, plan.status.get("phase"))
 
 
 async def reconcile(ctx: Context, namespace: str, name: str, logger: kopf.Logger) -> bool:
     """One round for one resource: True when it is idle (finished, gone or being deleted)."""
     resource = await ctx.cluster.get_selection(namespace, name)
     if resource is None or resource.get("metadata", {}).get("deletionTimestamp"):
-        return True  # kopf stops this loop when it sees the deletion
+        return True  # the supervisor stops this loop when it sees the deletion
     observation, jobs = await observe(ctx, resource)
     plan = phases.decide(observation)
-    if plan.needs is not None:
-        if plan.needs.failure_of is not None:
-            stage = plan.needs.failure_of
-            detail = await failure_detail(ctx.cluster, namespace, observation.jobs[stage], stage)
-            observation = dataclasses.replace(observation, failure=detail)
-        if plan.needs.selection and plan.storage is not None:
-            read = await asyncio.to_thread(results.read_selection, plan.storage)
-            observation = dataclasses.replace(observation, selection=read)
+    if plan.needs is not None:  # decide again with the details; the specs are not parsed again
+        observation = await gather_needs(ctx, observation, jobs, plan)
         plan = phases.decide(observation)
-    await apply(ctx, resource, plan, logger)
+    plan = await apply(ctx, resource, observation, plan, logger)
     return plan.idle
 
 
-async def _sleep(wake: asyncio.Event, stopped: Any, timeout: float | None) -> None:
-    """Until woken, stopped (kopf's daemon flag) or timed out, whichever comes first."""
-    waiters = {asyncio.ensure_future(wake.wait())}
-    if stopped is not None:
-        waiters.add(asyncio.ensure_future(stopped.wait()))
+async def _sleep(wake: asyncio.Event, stopped: asyncio.Event, timeout: float | None) -> None:
+    """Until woken, stopped or timed out, whichever comes first."""
+    waiters = {asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())}
     try:
         await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -221,24 +368,24 @@ async def _sleep(wake: asyncio.Event, stopped: Any, timeout: float | None) -> No
 
 
 async def watch_over(
-    ctx: Context, namespace: str, name: str, logger: kopf.Logger, stopped: Any = None
+    ctx: Context, namespace: str, name: str, logger: kopf.Logger, stopped: asyncio.Event
 ) -> None:
-    """Reconcile on wake-ups, and periodically while the selection runs, until kopf stops it."""
+    """Reconcile on wake-ups, and periodically while the selection runs, until stopped."""
     wake = ctx.wakeups.register(namespace, name)
     failures = 0
     try:
-        while not stopped:
+        while not stopped.is_set():
             wake.clear()
             try:
                 idle = await reconcile(ctx, namespace, name, logger)
                 failures = 0
             except cluster_module.ApiError as error:
                 failures += 1
-                logger.warning("reconcile failed (attempt %d): %s", failures, error)
+                logger.warning("reconcile failed (attempt %d): %s", failures, redact(str(error)))
                 idle = False
-            except Exception:  # a bug or an unexpected answer: keep the loop alive, say why
+            except Exception:  # a bug or an unexpected answer: keep the loop alive, say why (redacted)
                 failures += 1
-                logger.exception("reconcile failed (attempt %d)", failures)
+                logger.error("reconcile failed (attempt %d): %s", failures, redact(traceback.format_exc()))
                 idle = False
             timeout = None if idle else ctx.settings.resync_seconds
             if failures:
@@ -248,15 +395,41 @@ async def watch_over(
         ctx.wakeups.unregister(namespace, name, wake)
 
 
-async def delete_children(ctx: Context, namespace: str, name: str, uid: str | None, logger: kopf.Logger) -> int:
-    """Delete the resource's Jobs (with their pods) and ConfigMaps; returns how many went."""
-    deleted = 0
-    for api_version, kind in (("batch/v1", "Job"), ("v1", "ConfigMap")):
-        for obj in await ctx.cluster.list_owned(api_version, kind, namespace, name):
-            if owned_by(obj, uid):
-                child = obj["metadata"]["name"]
-                if await ctx.cluster.delete(api_version, kind, namespace, child):
-                    deleted += 1
-                    logger.info("deleted %s %s", kind, child)
-    ctx.metrics.set_phase(namespace, name, None)
-    return deleted
+class Supervisor:
+    """One reconcile loop per DataSelection, started by its first event and stopped by its deletion.
+
+    kopf's daemons would do this too, but each puts a finalizer on its resource, and then deleting
+    a DataSelection (its namespace, the CRD) hangs while the operator is down or uninstalled.
+    These loops need none: the children go by garbage collection (owner references), and a loop
+    whose resource is gone simply ends."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self._loops: dict[tuple[str, str], tuple[asyncio.Task, asyncio.Event]] = {}
+
+    def ensure(self, namespace: str, name: str, generation: Any, logger: kopf.Logger) -> None:
+        """Start the resource's loop unless it runs; wake it when the spec changed."""
+        key = (namespace, name)
+        running = self._loops.get(key)
+        if running is None or running[0].done():
+            stopped = asyncio.Event()
+            task = asyncio.create_task(watch_over(self.ctx, namespace, name, logger, stopped),
+                                       name=f"dsel/{namespace}/{name}")
+            self._loops[key] = (task, stopped)
+            self.ctx.wakeups.poke_on_new_generation(namespace, name, generation)  # records it
+            return
+        self.ctx.wakeups.poke_on_new_generation(namespace, name, generation)
+
+    def stop(self, namespace: str, name: str) -> None:
+        running = self._loops.pop((namespace, name), None)
+        if running is not None:
+            running[1].set()
+            running[0].cancel()
+
+    async def close(self) -> None:
+        loops = list(self._loops.values())
+        self._loops.clear()
+        for task, stopped in loops:
+            stopped.set()
+            task.cancel()
+        await asyncio.gather(*(task for task, _ in loops), return_exceptions=True)

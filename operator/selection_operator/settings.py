@@ -16,6 +16,9 @@ The Helm chart sets these names (keep them stable):
     DSEL_JOB_TTL_SECONDS          ttlSecondsAfterFinished of the Jobs (default: keep them)
     DSEL_RESYNC_SECONDS           how often a running selection is re-checked even without Job
                                   events (default 30)
+    DSEL_POD_START_GRACE_SECONDS  how long a stage's pods may wait to start (missing Secret,
+                                  image pull errors, no service account, unschedulable) before
+                                  the stage fails (default 900)
     DSEL_WORKER_IMAGE_PULL_SECRETS  comma-separated Secret names: imagePullSecrets of the job pods
     DSEL_WORKER_DEFAULT_MEMORY    memory request and limit of job pods whose spec sets none
                                   (a quantity such as 8Gi; default: none)
@@ -38,8 +41,9 @@ created; a spec that breaks them ends Failed with reason InvalidSpec:
                                   affinity may use
     DSEL_MAX_SHARDS               the largest gradients.shards a spec may ask for
 
-The operator process reads selection.json from S3 itself, so its own environment needs the usual
-AWS_* credentials (the chart passes them from the same Secret).
+The operator process reads selection.json from S3 itself: with the keys of the credentials Secret
+the selection names (as its pods do), else with its own environment's AWS_* credentials (the
+chart passes them from DSEL_S3_CREDENTIALS_SECRET) or cloud identity.
 """
 
 from __future__ import annotations
@@ -54,10 +58,15 @@ from typing import TypeVar
 
 from selection import kube_values
 
+from selection.redact import userinfo_problem
+
 DEFAULT_METRICS_PORT = 9090
 # A running selection is re-read this often even when no Job event arrives: Job events wake the
 # operator at once, so this only bounds how long a missed event can go unnoticed.
 DEFAULT_RESYNC_SECONDS = 30.0
+# Pods that cannot start (CreateContainerConfigError, ImagePullBackOff, Unschedulable, ...) fail
+# their stage after this long: long enough for a cluster autoscaler to add a GPU node.
+DEFAULT_POD_START_GRACE_SECONDS = 900.0
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # What an integer variable falls back to when unset: a number, or None for "no limit".
 _Default = TypeVar("_Default", int, None)
@@ -99,6 +108,7 @@ class OperatorSettings:
     worker_service_account: str | None = None
     job_ttl_seconds: int | None = None
     resync_seconds: float = DEFAULT_RESYNC_SECONDS
+    pod_start_grace_seconds: float = DEFAULT_POD_START_GRACE_SECONDS
     worker_image_pull_secrets: tuple[str, ...] = ()
     worker_default_memory: str | None = None
     confine_storage: bool = False
@@ -131,15 +141,17 @@ class OperatorSettings:
                 raise SettingsError(f"{name}: {value} is outside {bound}")
             return value
 
-        resync_raw = text("DSEL_RESYNC_SECONDS")
-        resync = DEFAULT_RESYNC_SECONDS
-        if resync_raw is not None:
+        def seconds(name: str, default: float) -> float:
+            raw = text(name)
+            if raw is None:
+                return default
             try:
-                resync = float(resync_raw)
+                value = float(raw)
             except ValueError:
-                raise SettingsError(f"DSEL_RESYNC_SECONDS: expected seconds, got {resync_raw!r}") from None
-            if not resync > 0:
-                raise SettingsError(f"DSEL_RESYNC_SECONDS: must be positive, got {resync_raw!r}")
+                raise SettingsError(f"{name}: expected seconds, got {raw!r}") from None
+            if not 0 < value < float("inf"):
+                raise SettingsError(f"{name}: must be positive, got {raw!r}")
+            return value
 
         log_level = text("DSEL_LOG_LEVEL")
         if log_level is not None:
@@ -154,6 +166,10 @@ class OperatorSettings:
                 "(job pods share artifacts through S3 only)"
             )
 
+        own_endpoint = text("DSEL_S3_ENDPOINT")
+        embedded = userinfo_problem(own_endpoint) if own_endpoint else None
+        if embedded:  # it would be copied into every selection's arguments ConfigMap
+            raise SettingsError(f"DSEL_S3_ENDPOINT: {embedded}")
         def names(name: str) -> tuple[str, ...]:
             return tuple(item.strip() for item in (text(name) or "").split(",") if item.strip())
 
@@ -198,7 +214,7 @@ class OperatorSettings:
             max_shards=integer("DSEL_MAX_SHARDS", None, 1),
             worker_image=text("DSEL_WORKER_IMAGE") or _default_worker_image(),
             default_storage_uri=storage.rstrip("/") if storage else None,
-            s3_endpoint=text("DSEL_S3_ENDPOINT"),
+            s3_endpoint=own_endpoint,
             s3_region=text("DSEL_S3_REGION"),
             s3_credentials_secret=text("DSEL_S3_CREDENTIALS_SECRET"),
             metrics_port=integer("DSEL_METRICS_PORT", DEFAULT_METRICS_PORT, 0, 65535),
@@ -206,7 +222,8 @@ class OperatorSettings:
             log_level=log_level,
             worker_service_account=text("DSEL_WORKER_SERVICE_ACCOUNT"),
             job_ttl_seconds=integer("DSEL_JOB_TTL_SECONDS", None, 0),
-            resync_seconds=resync,
+            resync_seconds=seconds("DSEL_RESYNC_SECONDS", DEFAULT_RESYNC_SECONDS),
+            pod_start_grace_seconds=seconds("DSEL_POD_START_GRACE_SECONDS", DEFAULT_POD_START_GRACE_SECONDS),
         )
 
     @property

@@ -35,6 +35,9 @@ COMPLETE = "Complete"
 FAILED = "Failed"
 RUNNING = "Running"
 SPEC_REJECTED = "SpecRejected"
+# Whether the running stage's pods run: False (with the kubelet's, scheduler's, Job controller's
+# or Kueue's reason) while they wait; the reason is also `status.waiting` for `kubectl get`.
+PODS_READY = "PodsReady"
 
 ENCODING_LIST = "list"
 ENCODING_COMPACT = "zigzag-delta-varint+zlib+base64"

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import kmock
 import pytest
+import yaml
 import pytest_asyncio
 
 from selection.crd import build_crd
-from tests.controller.harness import write_kubeconfig
+from tests.controller.harness import CLIENT_TOKEN, write_kubeconfig
 from tests.support.kube_emulator import KubeEmulator
 
 
@@ -33,7 +34,7 @@ def kubeconfig(kube: KubeEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("KUBECONFIG", str(path))
     for name in ("DSEL_WORKER_IMAGE", "DSEL_DEFAULT_STORAGE_URI", "DSEL_S3_ENDPOINT", "DSEL_S3_REGION",
                  "DSEL_S3_CREDENTIALS_SECRET", "DSEL_LOG_LEVEL", "DSEL_WORKER_SERVICE_ACCOUNT",
-                 "DSEL_JOB_TTL_SECONDS", "DSEL_METRICS_ADDRESS"):
+                 "DSEL_JOB_TTL_SECONDS", "DSEL_METRICS_ADDRESS", "DSEL_POD_START_GRACE_SECONDS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DSEL_METRICS_PORT", "0")
     monkeypatch.setenv("DSEL_RESYNC_SECONDS", "2")
@@ -42,10 +43,13 @@ def kubeconfig(kube: KubeEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 @pytest.fixture
 def api(kubeconfig: Path) -> Iterator[object]:
-    """A `kubernetes` ApiClient for the emulator; call it via asyncio.to_thread (it blocks)."""
+    """A `kubernetes` ApiClient for the emulator (as the test, not the operator: its own token);
+    call it via asyncio.to_thread (it blocks)."""
     import kubernetes
 
-    client = kubernetes.config.new_client_from_config(config_file=str(kubeconfig))
+    server = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+    own = write_kubeconfig(kubeconfig.with_name("client-kubeconfig"), server, token=CLIENT_TOKEN)
+    client = kubernetes.config.new_client_from_config(config_file=str(own))
     with contextlib.closing(client):
         yield client
 
@@ -56,8 +60,10 @@ async def s3(kube: KubeEmulator, s3_bucket: tuple) -> AsyncIterator[dict]:
     from tests.controller.harness import credentials_secret
 
     server, bucket = s3_bucket
+    # The pods' credentials, not the operator's own (those are in this process's AWS_* env).
     async with kube.post("/api/v1/namespaces/default/secrets",
-                         json=credentials_secret(server.access_key, server.secret_key)) as response:
+                         json=credentials_secret(*server.identity("pods"))) as response:
         if response.status != 201:
             raise RuntimeError(f"cannot create the credentials Secret: {response.status} {await response.text()}")
-    yield {"server": server, "bucket": bucket, "endpoint": server.endpoint_url, "uri": f"s3://{bucket}/dsel"}
+    yield {"server": server, "bucket": bucket, "endpoint": server.endpoint_url, "uri": f"s3://{bucket}/dsel",
+           "secret_key": server.identity("pods")[1]}

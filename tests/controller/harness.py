@@ -26,12 +26,18 @@ STOP_TIMEOUT_S = 15.0
 START_TIMEOUT_S = 30.0
 
 
-def write_kubeconfig(path: Path, server: str, namespace: str = "default") -> Path:
+# The bearer tokens of the in-process operator ($KUBECONFIG) and of the test's own client, so the
+# emulator's `calls` tell what the operator asked for (tests/controller/test_rbac.py).
+OPERATOR_TOKEN = "operator-token"
+CLIENT_TOKEN = "test-client-token"
+
+
+def write_kubeconfig(path: Path, server: str, namespace: str = "default", token: str = OPERATOR_TOKEN) -> Path:
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "emulator", "cluster": {"server": server}}],
-        "users": [{"name": "tester", "user": {"token": "test-token"}}],
+        "users": [{"name": "tester", "user": {"token": token}}],
         "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester", "namespace": namespace}}],
         "current-context": "emulator",
     }

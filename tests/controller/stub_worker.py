@@ -8,7 +8,9 @@ work: `reduce` commits a selection.json of DSEL_STUB_COUNT indices (default 6) o
 DSEL_STUB_POOL_SIZE (default 40), ascending or, with DSEL_STUB_ORDER=shuffled, in a seeded random
 order; the other stages only sleep DSEL_STUB_DELAY seconds. DSEL_STUB_FAIL makes stages fail
 like the real ones do (one error line on stderr, exit code DSEL_STUB_EXIT, default 1): a comma-
-separated list of "<stage>" or "<stage>:<index>", each optionally prefixed by "<selection>/".
+separated list of "<stage>" or "<stage>:<index>", each optionally prefixed by "<selection>/";
+a failing stage first waits DSEL_STUB_FAIL_DELAY more seconds (so that, with maxFailedIndexes,
+the other shards finish before the Job gives up on them).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ def main(argv: list[str]) -> int:
     name = document["resource"]["metadata"]["name"]
     targets = {stage, f"{stage}:{index}", f"{name}/{stage}", f"{name}/{stage}:{index}"}
     if targets & set(filter(None, os.environ.get("DSEL_STUB_FAIL", "").split(","))):
+        time.sleep(float(os.environ.get("DSEL_STUB_FAIL_DELAY", "0")))
         where = f" of shard {index}" if index is not None else ""
         print(f"dsel {stage}: error: stub failure{where}: injected by the test", file=sys.stderr, flush=True)
         return int(os.environ.get("DSEL_STUB_EXIT", "1"))

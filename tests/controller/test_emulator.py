@@ -15,6 +15,8 @@ CM = "/api/v1/namespaces/default/configmaps"
 JOBS = "/apis/batch/v1/namespaces/default/jobs"
 PODS = "/api/v1/namespaces/default/pods"
 MERGE = {"Content-Type": "application/merge-patch+json"}
+# The smallest pod template the API server accepts in a Job.
+TEMPLATE = {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}
 
 
 async def call(kube, method: str, path: str, body: Any = None, headers: dict | None = None, **params: str):
@@ -77,7 +79,7 @@ async def test_json_patch_is_applied(kube):
 
 
 async def test_status_subresource_is_isolated_and_generation_tracks_spec(kube):
-    job = {"metadata": {"name": "j"}, "spec": {"parallelism": 1}, "status": {"active": 5}}
+    job = {"metadata": {"name": "j"}, "spec": {"parallelism": 1, "template": TEMPLATE}, "status": {"active": 5}}
     _, created = await call(kube, "POST", JOBS, job)
     assert "status" not in created  # status is ignored on create
     _, patched = await call(kube, "PATCH", f"{JOBS}/j", {"status": {"active": 1}, "metadata": {"labels": {"a": "b"}}}, MERGE)
@@ -162,7 +164,8 @@ def owner_ref(obj: dict) -> dict:
 async def test_deleting_an_owner_cascades_to_dependents(kube):
     _, owner = await call(kube, "POST", CM, config_map("owner"))
     _, other = await call(kube, "POST", CM, config_map("other-owner"))
-    _, job = await call(kube, "POST", JOBS, {"metadata": {"name": "child", "ownerReferences": [owner_ref(owner)]}})
+    _, job = await call(kube, "POST", JOBS, {"metadata": {"name": "child", "ownerReferences": [owner_ref(owner)]},
+                                             "spec": {"template": TEMPLATE}})
     _, pod = await call(kube, "POST", PODS, {"metadata": {"name": "grandchild", "ownerReferences": [owner_ref(job)]}})
     shared_refs = [owner_ref(owner), {**owner_ref(other), "controller": False}]
     await call(kube, "POST", CM, config_map("shared", ownerReferences=shared_refs))
@@ -175,14 +178,15 @@ async def test_deleting_an_owner_cascades_to_dependents(kube):
 
 async def test_orphan_propagation_keeps_dependents(kube):
     _, owner = await call(kube, "POST", CM, config_map("boss"))
-    await call(kube, "POST", JOBS, {"metadata": {"name": "kept", "ownerReferences": [owner_ref(owner)]}})
+    await call(kube, "POST", JOBS, {"metadata": {"name": "kept", "ownerReferences": [owner_ref(owner)]}, "spec": {"template": TEMPLATE}})
     await call(kube, "DELETE", f"{CM}/boss", {"propagationPolicy": "Orphan"})
     assert [j["metadata"]["name"] for j in kube.live_objects("batch/v1/jobs")] == ["kept"]
 
 
 async def test_finalizers_hold_deletion_until_removed(kube):
     _, owner = await call(kube, "POST", CM, config_map("held", finalizers=["test/keep"]))
-    await call(kube, "POST", JOBS, {"metadata": {"name": "dependent", "ownerReferences": [owner_ref(owner)]}})
+    await call(kube, "POST", JOBS, {"metadata": {"name": "dependent", "ownerReferences": [owner_ref(owner)]},
+                                    "spec": {"template": TEMPLATE}})
     code, marked = await call(kube, "DELETE", f"{CM}/held")
     assert code == 200 and marked["metadata"]["deletionTimestamp"]
     assert kube.live_objects("batch/v1/jobs")
@@ -228,3 +232,78 @@ async def test_the_official_watch_is_a_watch(kube, api, watch_param):
     async with kube.get(CM, params={"watch": watch_param, "timeoutSeconds": "1"}) as response:
         (event,) = await read_events(response, 1)
     assert event["object"]["metadata"]["uid"] == created["metadata"]["uid"]
+
+
+def job_with(name: str = "j", **pod: Any) -> dict:
+    template = {"metadata": {"labels": pod.pop("labels", {})},
+                "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox", **pod.pop("container", {})}],
+                         **pod}}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}, "spec": {"template": template}}
+
+
+async def test_invalid_fields_answer_422_with_the_api_servers_causes(kube):
+    body = job_with(
+        tolerations=[{"key": "gpu", "operator": "Exists", "value": "yes"},
+                     {"key": "gpu", "operator": "Equal", "value": "a", "effect": "NoSchedule", "tolerationSeconds": 5}],
+        nodeSelector={"pool name": "a100"}, labels={"kueue.x-k8s.io/queue-name": "team a"},
+    )
+    code, refused = await call(kube, "POST", JOBS, body)
+    assert code == 422 and refused["kind"] == "Status" and refused["reason"] == "Invalid"
+    assert refused["details"]["name"] == "j" and refused["details"]["kind"] == "Job"
+    assert refused["details"]["group"] == "batch"
+    causes = {(c["field"], c["reason"]) for c in refused["details"]["causes"]}
+    assert causes == {
+        ("spec.template.metadata.labels", "FieldValueInvalid"),
+        ("spec.template.spec.nodeSelector", "FieldValueInvalid"),
+        ("spec.template.spec.tolerations[0].operator", "FieldValueInvalid"),
+        ("spec.template.spec.tolerations[1].effect", "FieldValueInvalid"),
+    }
+    assert refused["message"].startswith('Job.batch "j" is invalid: [')
+    assert "effect must be 'NoExecute' when `tolerationSeconds` is set" in refused["message"]
+    assert "value must be empty when `operator` is 'Exists'" in refused["message"]
+    assert not kube.live_objects("batch/v1/jobs")
+    code, refused = await call(kube, "POST", JOBS, job_with("x" * 64))
+    assert code == 422 and refused["message"] == (
+        f'Job.batch "{"x" * 64}" is invalid: metadata.name: Invalid value: "{"x" * 64}": '
+        "must be no more than 63 characters")
+    code, refused = await call(kube, "POST", CM, config_map("Bad_Name"))
+    assert code == 422 and refused["message"].startswith('ConfigMap "Bad_Name" is invalid: metadata.name: ')
+
+
+@pytest.mark.parametrize("quantity", ["4 cores", "32GB ", "1.5 Gi", "lots"])
+async def test_quantities_that_do_not_decode_answer_400(kube, quantity):
+    code, refused = await call(kube, "POST", JOBS, job_with(container={"resources": {"requests": {"cpu": quantity}}}))
+    assert code == 400 and refused["reason"] == "BadRequest" and "details" not in refused
+    assert refused["message"] == ('Job in version "v1" cannot be handled as a Job: quantities must match the '
+                                  "regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'")
+
+
+async def test_valid_quantities_labels_and_tolerations_are_accepted(kube):
+    body = job_with(container={"resources": {"requests": {"cpu": "500m", "memory": "32Gi"}, "limits": {"nvidia.com/gpu": "1"}}},
+                    tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30},
+                                 {"operator": "Exists"}],
+                    nodeSelector={"cloud.google.com/gke-accelerator": "nvidia-a100"}, labels={"team": "a.b-c_d"})
+    code, created = await call(kube, "POST", JOBS, body)
+    assert code == 201, created
+
+
+async def test_numbers_come_back_as_gos_encoding_writes_them(kube):
+    code, created = await call(kube, "POST", CM, {"metadata": {"name": "n"}, "data": {}, "extra": {
+        "one": 1.0, "half": 0.5, "big": 1e21, "list": [2.0, 3]}})
+    assert code == 201
+    assert created["extra"] == {"one": 1, "half": 0.5, "big": 1e21, "list": [2, 3]}
+    assert isinstance(created["extra"]["one"], int)
+    code, fetched = await call(kube, "GET", f"{CM}/n")
+    assert json.dumps(fetched["extra"]["one"]) == "1"
+
+
+async def test_a_pod_naming_a_missing_service_account_is_forbidden(kube):
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+           "spec": {"serviceAccountName": "worker", "containers": [{"name": "c", "image": "busybox"}]}}
+    code, refused = await call(kube, "POST", PODS, pod)
+    assert code == 403 and refused["reason"] == "Forbidden"
+    assert refused["message"] == ('pods "p" is forbidden: error looking up service account default/worker: '
+                                  'serviceaccount "worker" not found')
+    await call(kube, "POST", "/api/v1/namespaces/default/serviceaccounts", {"metadata": {"name": "worker"}})
+    code, _ = await call(kube, "POST", PODS, pod)
+    assert code == 201

@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 OPERATOR_PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "selection_operator"
+# selection.redact: torch- and dependency-free, so status, Events and logs are redacted the same way.
 ALLOWED_FROM_SELECTION = {"selection.contract", "selection.spec", "selection.kube_values", "selection.artifacts",
-                          "selection.storage"}
+                          "selection.storage", "selection.redact"}
 
 
 def modules_loaded_by(statement: str) -> set[str]:

@@ -109,10 +109,127 @@ async def test_backoff_limit_counts_failed_pods(kube, tmp_path):
     assert done["status"]["failed"] == 2 and len(runner.runs) == 2
 
 
-async def test_missing_secret_fails_the_pod(kube, tmp_path):
+def job_status(kube, name: str) -> dict:
+    found = [j for j in kube.live_objects("batch/v1/jobs") if j["metadata"]["name"] == name]
+    return found[0].get("status", {}) if found else {}
+
+
+def pods_of(kube, job_name: str) -> list[dict]:
+    return [p for p in kube.live_objects("v1/pods") if p["metadata"]["labels"].get("job-name") == job_name]
+
+
+def waiting_reason(kube, job_name: str) -> tuple[str, str] | None:
+    for pod in pods_of(kube, job_name):
+        for container in pod.get("status", {}).get("containerStatuses") or ():
+            waiting = container.get("state", {}).get("waiting")
+            if waiting:
+                return waiting["reason"], waiting.get("message", "")
+    return None
+
+
+async def test_missing_secret_key_keeps_the_container_waiting_until_the_secret_appears(kube, tmp_path):
     await post(kube, "/api/v1/namespaces/default/configmaps",
                {"metadata": {"name": "args"}, "data": {"args.json": "{}"}})
-    await post(kube, JOBS, job("no-secret", "pass", backoffLimit=0))
+    await post(kube, JOBS, job("no-secret", "print('started')", backoffLimit=0))
+    async with LocalJobRunner(kube, tmp_path, kubelet_retry=0.1) as runner:
+        reason = await wait_for(lambda: waiting_reason(kube, "no-secret"), 30)
+        assert reason == ("CreateContainerConfigError", 'secret "creds" not found')
+        await post(kube, "/api/v1/namespaces/default/secrets", {"metadata": {"name": "creds"}, "data": {}})
+        await wait_for(lambda: waiting_reason(kube, "no-secret") == (
+            "CreateContainerConfigError", "couldn't find key token in Secret default/creds"), 30)
+        status = job_status(kube, "no-secret")
+        # The Job counts the pod active, not ready, and nothing ran or failed.
+        assert status["startTime"] and status["active"] == 1 and status["ready"] == 0 and status["failed"] == 0
+        assert all(r.exit_code is None for r in runner.runs)
+        async with kube.patch("/api/v1/namespaces/default/secrets/creds", json={"data": {"token": "eA=="}},
+                              headers={"Content-Type": "application/merge-patch+json"}) as response:
+            assert response.status == 200
+        done = await wait_for(lambda: finished(kube, "no-secret"), 30)
+    assert done["status"]["succeeded"] == 1 and [r.exit_code for r in runner.runs] == [0]
+
+
+async def test_images_that_cannot_be_pulled_wait_with_the_kubelets_reason(kube, tmp_path):
+    await setup_inputs(kube)
+    bad_name, private = job("bad-name", "pass"), job("private", "pass")
+    bad_name["spec"]["template"]["spec"]["containers"][0]["image"] = "Registry.example.com/Team/Worker:1"
+    private["spec"]["template"]["spec"]["containers"][0]["image"] = "registry.example.com/team/worker:1"
+    await post(kube, JOBS, bad_name)
+    await post(kube, JOBS, private)
+    async with LocalJobRunner(kube, tmp_path, private_registries={"registry.example.com": "regcred"}) as runner:
+        assert (await wait_for(lambda: waiting_reason(kube, "bad-name"), 30))[0] == "InvalidImageName"
+        assert await wait_for(lambda: waiting_reason(kube, "private"), 30) == (
+            "ImagePullBackOff", 'Back-off pulling image "registry.example.com/team/worker:1"')
+    assert not runner.runs_of("bad-name")[0].argv and not runner.runs_of("private")[0].argv
+
+
+async def test_missing_service_account_is_a_failed_create_event_on_the_job(kube, tmp_path):
+    await setup_inputs(kube)
+    body = job("no-account", "pass")
+    body["spec"]["template"]["spec"]["serviceAccountName"] = "worker"
+    await post(kube, JOBS, body)
+    async with LocalJobRunner(kube, tmp_path, kubelet_retry=0.1):
+        events = await wait_for(lambda: [e for e in kube.live_objects("v1/events") if e["reason"] == "FailedCreate"], 30)
+        await wait_for(lambda: kube.live_objects("v1/events")[0].get("count", 0) >= 2, 30)
+        assert not kube.live_objects("v1/pods")
+        assert job_status(kube, "no-account")["startTime"] and job_status(kube, "no-account")["active"] == 0
+        await post(kube, "/api/v1/namespaces/default/serviceaccounts", {"metadata": {"name": "worker"}})
+        done = await wait_for(lambda: finished(kube, "no-account"), 30)
+    event = events[0]
+    assert event["involvedObject"]["kind"] == "Job" and event["involvedObject"]["name"] == "no-account"
+    assert event["type"] == "Warning" and event["message"].startswith('Error creating: pods "no-account-')
+    assert event["message"].endswith(
+        'is forbidden: error looking up service account default/worker: serviceaccount "worker" not found')
+    assert done["status"]["succeeded"] == 1
+
+
+async def test_pods_that_fit_no_node_stay_pending_unschedulable(kube, tmp_path):
+    await setup_inputs(kube)
+    gpu = job("gpu", "pass")
+    gpu["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": "1"}}
+    selector = job("selector", "pass")
+    selector["spec"]["template"]["spec"]["nodeSelector"] = {"pool": "a100"}
+    await post(kube, JOBS, gpu)
+    await post(kube, JOBS, selector)
+
+    def scheduled(name: str):
+        pods = pods_of(kube, name)
+        conditions = pods[0].get("status", {}).get("conditions") if pods else None
+        return next((c for c in conditions or () if c["type"] == "PodScheduled"), None)
+
     async with LocalJobRunner(kube, tmp_path) as runner:
-        await wait_for(lambda: finished(kube, "no-secret"), 30)
-    assert "secret 'creds' has no key 'token'" in runner.runs[0].log
+        gpu_condition = await wait_for(lambda: scheduled("gpu"), 30)
+        selector_condition = await wait_for(lambda: scheduled("selector"), 30)
+    assert gpu_condition["reason"] == "Unschedulable" and "1 Insufficient nvidia.com/gpu" in gpu_condition["message"]
+    assert "didn't match Pod's node affinity/selector" in selector_condition["message"]
+    assert all(not r.argv for r in runner.runs) and pods_of(kube, "gpu")[0]["status"]["phase"] == "Pending"
+
+
+async def test_eviction_adds_disruption_target_which_the_policy_ignores(kube, tmp_path):
+    await setup_inputs(kube)
+    policy = {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]}
+    await post(kube, JOBS, job("evicted", "import time; time.sleep(0.5)", backoffLimit=0, podFailurePolicy=policy))
+    async with LocalJobRunner(kube, tmp_path) as runner:
+        first = await wait_for(lambda: runner.runs_of("evicted") and runner.runs_of("evicted")[0].process
+                               and runner.runs_of("evicted")[0], 30)
+        await runner.evict(first.pod)
+        done = await wait_for(lambda: finished(kube, "evicted"), 30)
+    # backoffLimit 0, yet the evicted attempt did not count: the retry ran and the Job completed.
+    assert done["status"]["succeeded"] == 1 and done["status"]["failed"] == 0
+    assert [r.exit_code for r in runner.runs] == [137, 0]
+    evicted = next(p for p in kube.live_objects("v1/pods") if p["metadata"]["name"] == first.pod)
+    assert evicted["status"]["reason"] == "Evicted"
+    assert {"type": "DisruptionTarget", "status": "True"}.items() <= next(
+        c for c in evicted["status"]["conditions"] if c["type"] == "DisruptionTarget").items()
+
+
+async def test_max_failed_indexes_fails_the_job_fast(kube, tmp_path):
+    await setup_inputs(kube)
+    script = "import os, sys; sys.exit(3 if os.environ['JOB_COMPLETION_INDEX'] == '0' else 0)"
+    await post(kube, JOBS, job("fast", script, completionMode="Indexed", completions=4, parallelism=4,
+                               backoffLimitPerIndex=0, maxFailedIndexes=0))
+    async with LocalJobRunner(kube, tmp_path, max_parallel=1) as runner:
+        done = await wait_for(lambda: finished(kube, "fast"), 30)
+    conditions = done["status"]["conditions"]
+    assert [c["type"] for c in conditions] == ["FailureTarget", "Failed"]
+    assert conditions[-1]["reason"] == "MaxFailedIndexesExceeded"
+    assert len([r for r in runner.runs if r.exit_code is not None]) < 4  # the remaining indexes never ran

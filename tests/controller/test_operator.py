@@ -79,7 +79,7 @@ async def test_selection_runs_through_all_phases(kube, api, s3, tmp_path):
     reasons = [e["reason"] for e in events_of(kube, "alpha")]
     assert reasons.count("PhaseChanged") >= 4 and "Succeeded" in reasons
     # Credentials travel only as secretKeyRef: never in status, events or the arguments.
-    secret_value = s3["server"].secret_key
+    secret_value = s3["secret_key"]
     config_map = kube.live_objects("v1/configmaps", "default")[0]
     for text in (json.dumps(obj), json.dumps(events_of(kube, "alpha")), json.dumps(config_map)):
         assert secret_value not in text
@@ -89,7 +89,8 @@ async def test_selection_runs_through_all_phases(kube, api, s3, tmp_path):
 
 async def test_failing_shard_retries_then_fails_naming_shard_and_error(kube, api, s3, tmp_path):
     await create(api, selection_body("beta", s3["uri"], s3["endpoint"], shards=3, backoffLimitPerIndex=1))
-    async with stub_runner(kube, tmp_path, DSEL_STUB_FAIL="shard:1") as runner, running_operator() as operator:
+    async with stub_runner(kube, tmp_path, DSEL_STUB_FAIL="shard:1", DSEL_STUB_FAIL_DELAY="1") as runner, \
+            running_operator() as operator:
         obj = await wait_phase(kube, "beta", "Failed")
         metrics = operator.context.metrics.registry
     failed = condition(obj, "Failed")

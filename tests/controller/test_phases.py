@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import pytest
@@ -237,3 +238,65 @@ def test_merge_patch_is_minimal_and_removes_keys():
     new = {"phase": "A", "stages": {"warmup": {"state": "Succeeded"}}}
     assert phases.merge_patch(old, new) == {"stages": {"warmup": {"state": "Succeeded", "x": None}}, "gone": None}
     assert phases.merge_patch(new, new) is None
+
+
+def running_warmup_body() -> tuple[dict, dict]:
+    body = resource()
+    started = started_document(body)
+    return advance(body, phases.decide(observe(body))), started
+
+
+def test_a_refused_create_fails_with_the_api_message():
+    body = resource()
+    plan = phases.decide(observe(body))
+    refused = phases.refused(observe(body), plan, "Job", "demo-warmup", 422, 'Job.batch "demo-warmup" is invalid: x')
+    failed = conditions(refused)["Failed"]
+    assert refused.status["phase"] == phases.FAILED and failed["reason"] == "CreateRefused"
+    assert 'Job.batch "demo-warmup" is invalid: x' in failed["message"] and "(422)" in failed["message"]
+    assert not refused.create_jobs and not refused.create_config_map
+    assert [e.reason for e in refused.events] == ["PhaseChanged", "CreateRefused"]
+
+
+def test_waiting_pods_are_reported_then_fail_after_the_grace_period():
+    body, started = running_warmup_body()
+    warmup = job("demo-warmup", active=1, ready=0)
+    assert phases.decide(observe(body, started, {"warmup": warmup})).needs == phases.Needs(waiting_of="warmup")
+    waiting = phases.Waiting("CreateContainerConfigError", 'secret "s" not found', "pod demo-warmup-x")
+    plan = phases.decide(observe(body, started, {"warmup": warmup}, waiting=waiting, waiting_checked=True))
+    assert plan.status["waiting"] == "CreateContainerConfigError" and plan.status["phase"] == phases.PENDING
+    assert conditions(plan)["PodsReady"]["status"] == "False"
+    assert conditions(plan)["PodsReady"]["message"] == 'pod demo-warmup-x: CreateContainerConfigError: secret "s" not found'
+    assert not plan.suspend_jobs and "PodsNotReady" in [e.reason for e in plan.events]
+    later = dataclasses.replace(observe(advance(body, plan), started, {"warmup": warmup}, waiting=waiting,
+                                        waiting_checked=True), now="2030-01-01T00:15:00Z")
+    failed = phases.decide(later)
+    assert failed.status["phase"] == phases.FAILED and conditions(failed)["Failed"]["reason"] == "PodsNotStarted"
+    assert failed.suspend_jobs == ("warmup",) and "waiting" not in failed.status
+
+
+def test_a_queued_job_waits_for_kueue_without_a_deadline():
+    body, started = running_warmup_body()
+    warmup = job("demo-warmup", started=False, suspended=True)
+    waiting = phases.Waiting("Pending", "insufficient quota", "Workload w (queue q)")
+    obs = dataclasses.replace(observe(body, started, {"warmup": warmup}, waiting=waiting, waiting_checked=True),
+                              now="2031-01-01T00:00:00Z")
+    plan = phases.decide(obs)
+    assert plan.status["phase"] == phases.PENDING and plan.status["waiting"] == "Pending"
+    assert not plan.suspend_jobs
+
+
+def test_credentials_in_a_failure_line_are_redacted():
+    body, started = running_warmup_body()
+    warmup = job("demo-warmup", gave_up=True)
+    line = "dsel warmup: error: cannot reach http://AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMI@minio:9000/bucket"
+    plan = phases.decide(observe(body, started, {"warmup": warmup}, failure=phases.FailureDetail(line=line)))
+    message = conditions(plan)["Failed"]["message"]
+    assert "wJalrXUtnFEMI" not in message and "AKIAIOSFODNN7EXAMPLE" not in message and "minio:9000" in message
+    assert all("wJalrXUtnFEMI" not in e.message for e in plan.events)
+
+
+def test_failure_target_alone_does_not_end_a_job():
+    """1.31+: FailureTarget comes first while the Job controller stops the other pods; Failed follows."""
+    state = phases.JobState.from_job({"metadata": {"name": "x"}, "status": {"active": 2, "ready": 1, "conditions": [
+        {"type": "FailureTarget", "status": "True", "reason": "MaxFailedIndexesExceeded"}]}})
+    assert not state.failed_for_good and not state.complete and state.ready == 1

@@ -40,3 +40,24 @@ def test_bad_values_name_the_variable(name, value):
 
 def test_empty_variables_count_as_unset():
     assert OperatorSettings.from_env({"DSEL_METRICS_PORT": "", "DSEL_S3_ENDPOINT": " "}) == OperatorSettings.from_env({})
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("DSEL_POD_START_GRACE_SECONDS", "0"), ("DSEL_POD_START_GRACE_SECONDS", "soon"),
+    ("DSEL_POD_START_GRACE_SECONDS", "inf"),
+])
+def test_bad_grace_periods_name_the_variable(name, value):
+    with pytest.raises(SettingsError, match=name):
+        OperatorSettings.from_env({name: value})
+
+
+def test_the_grace_period_is_read():
+    assert OperatorSettings.from_env({"DSEL_POD_START_GRACE_SECONDS": "120"}).pod_start_grace_seconds == 120
+    assert OperatorSettings.from_env({}).pod_start_grace_seconds == 900
+
+
+def test_an_endpoint_with_credentials_is_refused_without_printing_them():
+    """They would be copied into every namespace's arguments ConfigMap (issue 13 item 3)."""
+    with pytest.raises(SettingsError, match="DSEL_S3_ENDPOINT") as refused:
+        OperatorSettings.from_env({"DSEL_S3_ENDPOINT": "http://AKIAEXAMPLE:s3cr3t-value@minio:9000"})
+    assert "s3cr3t-value" not in str(refused.value) and "AKIAEXAMPLE" not in str(refused.value)

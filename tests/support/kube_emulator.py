@@ -27,10 +27,19 @@ requests (create, get, patch, put, delete) itself, and adds:
   `declare(crd)`); anything else is 404, like an API server without the CRD;
 * posting a CustomResourceDefinition makes its resource discoverable;
 * `GET /api/v1/namespaces` (list and watch), which kmock 0.8 cannot parse, answers with the
-  namespaces that objects live in (plus `default`).
+  namespaces that objects live in (plus `default`);
+* `calls`: every resource request as RBAC sees it (token, verb, group, resource, subresource,
+  namespace), for tests that compare what a client does with what its Role grants.
 
-Not emulated: admission and schema validation, defaulting, server-side apply, deletecollection,
-controllers (see `tests/support/local_job_runner.py` for Jobs), pod logs.
+* validation of what dsel's objects carry (`tests/support/kube_validation.py`): names, label keys and
+  values, nodeSelector, tolerations and Job fields answer 422 Invalid with `details.causes`;
+  quantities that do not decode answer 400 BadRequest, as the real decoder does;
+* the ServiceAccount admission plugin: a pod naming a missing service account is refused (403),
+  which the Job controller reports as a `FailedCreate` Event;
+* numbers as Go's JSON encoding returns them: an integral float (`1.0`) is stored as `1`.
+
+Not emulated: CRD schema validation, defaulting, server-side apply, deletecollection, other
+admission plugins, controllers (see `tests/support/local_job_runner.py` for Jobs), pod logs.
 """
 
 from __future__ import annotations
@@ -54,7 +63,11 @@ import jsonpatch
 import kmock
 from kmock._internal import apps, enums, rendering  # kmock's request plumbing; public API lacks it
 
-__all__ = ["KubeEmulator", "LabelSelector", "match_fields"]
+from tests.support import kube_validation
+
+__all__ = ["ApiCall", "KubeEmulator", "LabelSelector", "go_json_numbers", "match_fields"]
+
+_PODS = kmock.resource("v1/pods")
 
 # Events kept per resource for watches that resume from a resourceVersion.
 HISTORY_LIMIT = 20000
@@ -69,9 +82,10 @@ _SELECTOR_TERM = re.compile(
 class ApiStatusError(Exception):
     """A Kubernetes `Status` failure answered to the client (and not recorded as a server error)."""
 
-    def __init__(self, code: int, reason: str, message: str):
+    def __init__(self, code: int, reason: str, message: str, details: Mapping[str, Any] | None = None):
         super().__init__(message)
         self.code, self.reason, self.message = code, reason, message
+        self.details = dict(details) if details else None
 
 
 def _now() -> str:
@@ -161,15 +175,56 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+def go_json_numbers(value: Any) -> Any:
+    """Numbers as the API server stores and returns them: Go decodes a JSON number of a custom
+    resource into float64 unless it is an integer literal, and encodes an integral float64 below
+    1e21 without a fraction, so `1.0` comes back as `1` (and `2.50` as `2.5`)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e21:
+        return int(value)
+    if isinstance(value, Mapping):
+        return {k: go_json_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [go_json_numbers(v) for v in value]
+    return value
+
+
 def _content(obj: Mapping[str, Any]) -> dict[str, Any]:
     """What `generation` tracks: everything but metadata and status."""
     return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+
+
+@attrs.frozen
+class ApiCall:
+    """One API request as RBAC sees it: who (the bearer token) asked for which verb on what."""
+
+    token: str | None
+    verb: str  # get list watch create update patch delete deletecollection
+    group: str  # "" for the core group
+    resource: str  # plural
+    subresource: str | None
+    namespace: str | None
+
+
+def _verb(method: str, name: str | None, params: Mapping[str, str]) -> str:
+    if method == "GET":
+        if name is not None:
+            return "get"
+        return "watch" if str(params.get("watch", "")).lower() in ("true", "1") else "list"
+    if method == "DELETE":
+        return "delete" if name is not None else "deletecollection"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, method.lower())
+
+
+def _token(headers: Mapping[str, str]) -> str | None:
+    value = headers.get("Authorization") or headers.get("authorization") or ""
+    return value.split(" ", 1)[1] if value.startswith("Bearer ") else None
 
 
 @attrs.define(kw_only=True)
 class KubeEmulator(kmock.KubernetesEmulator):
     """kmock's KubernetesEmulator with API-server semantics (see the module docstring)."""
 
+    calls: list[ApiCall] = attrs.field(factory=list, init=False)
     _rv: int = attrs.field(default=0, init=False)
     _history: dict[Any, collections.deque] = attrs.field(factory=dict, init=False)
     _subscribers: dict[Any, set] = attrs.field(factory=lambda: collections.defaultdict(set), init=False)
@@ -183,12 +238,18 @@ class KubeEmulator(kmock.KubernetesEmulator):
     # --- entry points ---------------------------------------------------------------------
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         if raw_request.method == "GET" and raw_request.path.rstrip("/") == "/api/v1/namespaces":
+            self.calls.append(ApiCall(_token(raw_request.headers), _verb("GET", None, raw_request.query), "",
+                                      "namespaces", None, None))
             return await self._serve_namespaces(raw_request)
         return await super().__call__(raw_request)
 
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
         if request.resource is None or request.resource.plural is None:  # not an object: discovery etc.
             return await apps.RawHandler._handle(self, request)
+        self.calls.append(ApiCall(
+            _token(request.headers), _verb(str(request.method.value if hasattr(request.method, "value")
+                                               else request.method).upper(), request.name, request.params),
+            request.resource.group or "", request.resource.plural, request.subresource, request.namespace))
         request = self._normalize(request)
         try:
             self._check_resource(request)
@@ -198,7 +259,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             async with self._lock:
                 code, body = self._serve_object(request)
         except ApiStatusError as error:
-            return self._status_response(error.code, error.reason, error.message)
+            return self._status_response(error.code, error.reason, error.message, error.details)
         return aiohttp.web.json_response(body, status=code)
 
     def _normalize(self, request: rendering.Request) -> rendering.Request:
@@ -226,12 +287,47 @@ class KubeEmulator(kmock.KubernetesEmulator):
             raise ApiStatusError(404, "NotFound", f"subresource {request.subresource!r} is not emulated")
 
     @staticmethod
-    def _status_body(code: int, reason: str, message: str) -> dict[str, Any]:
-        return {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+    def _status_body(code: int, reason: str, message: str, details: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        body = {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
                 "code": code, "reason": reason, "message": message}
+        if details:
+            body["details"] = dict(details)
+        return body
 
-    def _status_response(self, code: int, reason: str, message: str) -> aiohttp.web.Response:
-        return aiohttp.web.json_response(self._status_body(code, reason, message), status=code)
+    def _status_response(
+        self, code: int, reason: str, message: str, details: Mapping[str, Any] | None = None
+    ) -> aiohttp.web.Response:
+        return aiohttp.web.json_response(self._status_body(code, reason, message, details), status=code)
+
+    def _validate(self, resource: Any, info: kmock.ResourceInfo, body: Mapping[str, Any]) -> None:
+        """Refuse what the API server refuses (tests/kube_validation.py), with its Status body."""
+        kind = info.kind or resource.plural.capitalize()
+        name = (body.get("metadata") or {}).get("name")
+        try:
+            kube_validation.check(kind, resource.group or "", resource.version, body)
+        except kube_validation.BadRequest as error:
+            raise ApiStatusError(400, "BadRequest", str(error)) from None
+        except kube_validation.Invalid as error:
+            errors = [f"{field}: {message}" for _, field, message in error.causes]
+            listed = errors[0] if len(errors) == 1 else "[" + ", ".join(errors) + "]"
+            qualified = f"{kind}.{resource.group}" if resource.group else kind
+            details = {"name": name, "group": resource.group or "", "kind": kind, "causes": [
+                {"reason": reason, "message": message, "field": field} for reason, field, message in error.causes]}
+            raise ApiStatusError(422, "Invalid", f'{qualified} "{name}" is invalid: {listed}', details) from None
+
+    def _admit_pod(self, namespace: str, body: Mapping[str, Any]) -> None:
+        """The ServiceAccount admission plugin: a pod's service account must exist ('default' always does)."""
+        account = (body.get("spec") or {}).get("serviceAccountName") or (body.get("spec") or {}).get("serviceAccount")
+        if not account or account == "default":
+            return
+        if self._live((kmock.resource("v1/serviceaccounts"), namespace, account)) is None:
+            name = (body.get("metadata") or {}).get("name")
+            raise ApiStatusError(
+                403, "Forbidden",
+                f'pods "{name}" is forbidden: error looking up service account {namespace}/{account}: '
+                f'serviceaccount "{account}" not found',
+                {"name": name, "kind": "pods"},
+            )
 
     # --- bookkeeping --------------------------------------------------------------------------
     def _info(self, resource: Any) -> kmock.ResourceInfo:
@@ -304,6 +400,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 if self._live((resource, namespace, meta["name"])) is None:
                     break
         key = (resource, namespace, meta["name"])
+        self._validate(resource, info, body)
+        if resource == _PODS:
+            self._admit_pod(namespace, body)
         if self._live(key) is not None:
             raise ApiStatusError(409, "AlreadyExists", f'{resource.plural} "{meta["name"]}" already exists')
         group_version = f"{resource.group}/{resource.version}" if resource.group else resource.version
@@ -314,6 +413,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), generation=1, resourceVersion=self._next_rv())
         if "status" in info.subresources:
             body.pop("status", None)
+        body = go_json_numbers(body)
         self._store(key, body)
         self._publish(resource, "ADDED", body)
         if resource == kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions"):
@@ -366,6 +466,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
                     result["status"] = current["status"]
                 else:
                     result.pop("status", None)
+        result = go_json_numbers(result)
         meta = result.setdefault("metadata", {})
         for fixed in ("name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "generation"):
             if fixed in current["metadata"]:
@@ -373,6 +474,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
             else:
                 meta.pop(fixed, None)
         meta["resourceVersion"] = current["metadata"]["resourceVersion"]
+        if request.subresource is None:
+            self._validate(resource, info, result)
         if result == current:
             return 200, current  # a no-op write changes nothing, not even the version
         if _content(result) != _content(current):

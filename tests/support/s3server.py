@@ -63,9 +63,19 @@ def _free_ports(count: int) -> list[int]:
 
 
 class SeaweedS3:
-    """One SeaweedFS process (master, volume, filer, S3 gateway) serving S3 on 127.0.0.1."""
+    """One SeaweedFS process (master, volume, filer, S3 gateway) serving S3 on 127.0.0.1.
+
+    Besides the admin identity (`access_key`/`secret_key`), two more: `pods` may read and write
+    every bucket (what Job pods get from their credentials Secret, so tests can tell them from the
+    operator's own), and `outsider` may touch only a bucket that does not exist (credentials that
+    are valid but not for the bucket at hand: AccessDenied)."""
 
     region = "us-east-1"
+    IDENTITIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
+        "pods": ("dsel-test-pods", "dsel-test-pods-secret-key", ("Read", "Write", "List", "Tagging")),
+        "outsider": ("dsel-test-outsider", "dsel-test-outsider-secret-key",
+                     ("Read:dsel-no-such-bucket", "List:dsel-no-such-bucket")),
+    }
 
     def __init__(
         self,
@@ -116,7 +126,15 @@ class SeaweedS3:
                                 {"accessKey": self.access_key, "secretKey": self.secret_key}
                             ],
                             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                        }
+                        },
+                        *(
+                            {
+                                "name": f"dsel-test-{name}",
+                                "credentials": [{"accessKey": access, "secretKey": secret}],
+                                "actions": list(actions),
+                            }
+                            for name, (access, secret, actions) in self.IDENTITIES.items()
+                        ),
                     ]
                 }
             )
@@ -274,6 +292,11 @@ class SeaweedS3:
             # Never fall back to the EC2 metadata service (169.254.169.254) for credentials.
             "AWS_EC2_METADATA_DISABLED": "true",
         }
+
+    def identity(self, name: str) -> tuple[str, str]:
+        """(access key, secret key) of one of `IDENTITIES`."""
+        access, secret, _ = self.IDENTITIES[name]
+        return access, secret
 
     def client(self, config: Any = None) -> Any:
         """A boto3 S3 client with this server's credentials (no environment needed)."""

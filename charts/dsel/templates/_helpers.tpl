@@ -65,47 +65,54 @@ kopf use: no wildcards, no secrets (credentials reach pods through secretKeyRef/
 the kubelet resolves, not the operator).
 */}}
 {{- define "dsel.namespacedRules" -}}
-# The DataSelections themselves: watched, patched by kopf (finalizers, progress annotations).
+# Exactly what the operator calls (tests/controller/test_rbac.py compares both ways).
+# The DataSelections: read and watched by kopf; patched only to drop the finalizer of older
+# releases from a resource being deleted.
 - apiGroups: ["dsel.dev"]
   resources: ["dataselections"]
-  verbs: ["get", "list", "watch", "patch", "update"]
+  verbs: ["get", "list", "watch", "patch"]
 # Phase, conditions, progress and the selection summary.
 - apiGroups: ["dsel.dev"]
   resources: ["dataselections/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 # Owner references with blockOwnerDeletion on child Jobs/ConfigMaps need this where the
 # OwnerReferencesPermissionEnforcement admission plugin is on (e.g. OpenShift).
 - apiGroups: ["dsel.dev"]
   resources: ["dataselections/finalizers"]
   verbs: ["update"]
-# One Job per stage (an Indexed Job for extraction), owned by the DataSelection.
+# One Job per stage (an Indexed Job for extraction), owned by the DataSelection; suspended when
+# its pods never start. Garbage collection deletes them with their DataSelection.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["create", "get", "list", "watch", "delete", "patch"]
-# Each Job's arguments document.
+  verbs: ["create", "list", "watch", "patch"]
+# Each selection's arguments document.
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["create", "get", "list", "watch", "delete", "patch"]
-# Events for phase changes and failures (kopf posts core/v1 Events; events.k8s.io for clients
-# that use the newer API).
+  verbs: ["create", "get"]
+# Events for phase changes and failures; the Job controller's FailedCreate Events on its Jobs.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
-- apiGroups: ["events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch"]
-# Worker pods: their status explains a failed shard, their logs the error message.
+  verbs: ["create", "list"]
+# Worker pods: why they wait or failed; their logs when a failed one left no message.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list"]
 - apiGroups: [""]
   resources: ["pods/log"]
   verbs: ["get"]
+# The credentials Secret a DataSelection names, to read its selection.json as its pods do.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+# Kueue's Workloads of queued Jobs: why a queue does not admit them.
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["list"]
 {{- end }}
 
 {{/* kopf's cluster-scoped reads: which CRDs exist (and when they change). */}}
 {{- define "dsel.crdRules" -}}
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 {{- end }}
