@@ -14,6 +14,8 @@ import dataclasses
 import logging
 from typing import Any
 
+import numpy as np
+
 from selection import artifacts, spec as spec_module, storage
 from selection.artifacts import SELECTION
 from selection.jobs import runner
@@ -46,8 +48,6 @@ def _finished_selection(ctx: StageContext) -> dict[str, Any] | None:
 
 def _rows_to_select_from(pool: int, excluded: list[int], budget: int):
     """Row numbers without the excluded ones (None when nothing is excluded)."""
-    import numpy as np
-
     if not excluded:
         return None
     kept = np.setdiff1d(np.arange(pool), np.asarray(excluded, dtype=np.int64))
