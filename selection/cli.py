@@ -32,6 +32,13 @@ def _summary(document: dict[str, Any]) -> str:
         "Per-task composition (examples closest to each task):",
     ]
     lines += [f"  {task:<{width}}  {count:>6}" for task, count in sorted(composition.items())]
+    left_out = [
+        f"{len(document[key])} {why}"
+        for key, why in (("excludedDuplicates", "exact duplicates"), ("excludedNoAnswer", "without an answer token"))
+        if document.get(key)
+    ]
+    if left_out:
+        lines.append(f"Left out before selecting: {', '.join(left_out)} (selection.json lists their lines)")
     lines += _feature_health_lines(document.get("featureHealth"))
     if "artifacts" in document:
         lines.append(f"Artifacts: {document['artifacts']}")

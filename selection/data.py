@@ -266,6 +266,29 @@ def lines_without_answer(
     return lines
 
 
+def duplicate_lines(examples: Sequence[Example], source: str) -> list[int]:
+    """0-based lines whose messages repeat an earlier line's exactly, with a warning naming them.
+
+    A repeated example has the same gradient and score as its first copy, so a score-ranked
+    method would spend two budget slots on one example (docs/algorithms.md §18.5).
+    """
+    first: dict[tuple[tuple[tuple[str, str], ...], ...], int] = {}
+    lines: list[int] = []
+    for e in examples:
+        key = tuple(tuple(sorted(m.items())) for m in e.messages)
+        if key in first:
+            lines.append(e.line)
+        else:
+            first[key] = e.line
+    if lines:
+        shown = ", ".join(str(line + 1) for line in lines[:20]) + (", ..." if len(lines) > 20 else "")
+        log.warning(
+            "%s: %d example(s) repeat an earlier line exactly and are left out of the selection "
+            "(selection.deduplicate): line(s) %s", source, len(lines), shown,
+        )
+    return lines
+
+
 def collate(batch: Sequence[Tokenized], pad_token_id: int):
     """Right-padded tensors: input_ids, attention_mask, labels (padding labelled IGNORE_INDEX)."""
     import torch  # deferred: `dsel validate` and the jobs' start parse data without torch

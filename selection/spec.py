@@ -339,6 +339,14 @@ class SelectionSpec(_Section):
             "(1 = the top quota, like quota; larger = more diverse, less filtered)."
         ),
     )
+    deduplicate: bool = Field(  # docs/algorithms.md §18.5
+        default=True,
+        description=(
+            "Leave out training lines whose messages repeat an earlier line exactly (listed in "
+            "selection.json as excludedDuplicates), so no example takes two budget slots; false "
+            "selects from every line, as the papers do."
+        ),
+    )
     seed: int = Field(
         default=0, ge=0, le=MAX_SEED, description="Seed for the random method and quota-sample's draws."
     )

@@ -16,14 +16,18 @@ from selection.models import PLAIN_CHAT_TEMPLATE
 MAX_NEW_TOKENS = 14  # the longest answer (6 sorted digits with spaces) is 11 characters
 
 
-def chat_prompt(tokenizer, item: tasks.Item) -> list[int]:
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": item.question}],
+def chat_prompt_text(tokenizer, question: str) -> str:
+    """The prompt dsel trains on: the user turn, then an open assistant turn."""
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}],
         chat_template=PLAIN_CHAT_TEMPLATE,
         tokenize=False,
         add_generation_prompt=True,
     )
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def chat_prompt(tokenizer, item: tasks.Item) -> list[int]:
+    return tokenizer(chat_prompt_text(tokenizer, item.question), add_special_tokens=False)["input_ids"]
 
 
 def narrative_prompt(tokenizer, item: tasks.Item) -> list[int]:

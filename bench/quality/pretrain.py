@@ -1,10 +1,16 @@
 """The base model: a small Llama built from a config, briefly pretrained, cached on disk.
 
 It is pretrained with a plain next-token loss on "narrative" text from the task generators
-(`tasks.pretraining_pieces`: "after 389 comes 390.", "5 2 8 in order is 2 5 8.", random words), never on
-the chat form, so it has some of each skill but not the instruction format that LoRA fine-tuning
-then teaches. The result is saved with `save_pretrained` (model + dsel's byte tokenizer), so dsel
-loads it like any local model directory (`spec.model.source: /abs/path`).
+(`tasks.pretraining_pieces`: "after 389 comes 390.", "5 2 8 in order is 2 5 8.", random words).
+A small share of the skill lines (`chat_share`, 3%) appears in the chat form instead, as the
+question-and-answer pages a web-pretrained model has read: the base model then answers some
+questions in the chat form zero-shot and assigns wrong answers a high loss, like the pretrained
+LLMs of the LESS and BIDS papers. With no chat text at all (the first version of this benchmark)
+the model could not answer in the chat form, fine-tuning had to teach the format from nothing,
+and no signal (influence or loss) could tell a wrong answer from a right one (README.md).
+
+The result is saved with `save_pretrained` (model + dsel's byte tokenizer), so dsel loads it
+like any local model directory (`spec.model.source: /abs/path`).
 
 The cache key is a hash of the whole recipe: a changed recipe builds a new model, never reuses
 a stale one.
@@ -23,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from bench.quality import tasks
+from bench.quality import evaluate, tasks
 from selection.models import build_byte_tokenizer
 from selection.spec import spec_fingerprint
 
@@ -46,6 +52,7 @@ class PretrainConfig:
     warmup_steps: int = 30
     weight_decay: float = 0.01
     answer_only_loss: bool = True  # loss on answers (and generic text) only; see _token_stream
+    chat_share: float = 0.03  # share of skill lines written in the chat form (module docstring)
     seed: int = 0
     test_sizes: tasks.PoolSizes = field(default_factory=tasks.PoolSizes)  # test questions excluded
 
@@ -62,12 +69,18 @@ def _token_stream(config: PretrainConfig, tokenizer, total_tokens: int) -> tuple
     """
     rng = random.Random(config.seed)
     exclude = {item.question for items in tasks.test_sets(config.test_sizes).values() for item in items}
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
     ids: list[int] = []
     labels: list[int] = []
     while len(ids) < total_tokens:
         for context, completion in tasks.pretraining_pieces(rng, 64, exclude):
-            head = tokenizer(context, add_special_tokens=False)["input_ids"] if context else []
-            tail = tokenizer(completion + "\n", add_special_tokens=False)["input_ids"]
+            if context and rng.random() < config.chat_share:  # the same line as a chat turn
+                head = tokenizer(evaluate.chat_prompt_text(tokenizer, context.strip()), add_special_tokens=False)["input_ids"]
+                tail = tokenizer(completion.removesuffix("."), add_special_tokens=False)["input_ids"]
+                tail += [tokenizer.eos_token_id] + newline
+            else:
+                head = tokenizer(context, add_special_tokens=False)["input_ids"] if context else []
+                tail = tokenizer(completion + "\n", add_special_tokens=False)["input_ids"]
             ids += head + tail
             labels += ([-100] * len(head) if config.answer_only_loss else head) + tail
     return (

@@ -427,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="base models and per-seed work (default: %(default)s)")
     parser.add_argument("--fresh", action="store_true", help="delete this size's per-seed work (not the base model) first")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--workers", type=int, default=1, help="split the seeds over N processes (one torch "
+                        "thread each) and merge their results into one report; 2 uses both cores of this machine")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: on a shared "
                         "2-core machine two threads oversubscribe and ran about 5x slower per step, measured)")
     args = parser.parse_args(argv)
@@ -444,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     out = (args.out or (DEFAULT_RESULTS / args.scenario if name == "full" else args.cache / name / args.scenario)).resolve()
     cache = args.cache.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if args.workers > 1:
+        return run_workers(args, name, size, out, argv)
     wanted = args.methods or [m.label for m in METHODS]
     unknown = sorted(set(wanted) - {m.label for m in METHODS})
     if unknown:
@@ -467,6 +471,55 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         torch.set_num_threads(threads_before)
         log_file.close()
+
+
+def worker_argv(args, name: str, size: Size, seeds: list[int], out: Path) -> list[str]:
+    """The command line of one worker: this run's options, for its share of the seeds."""
+    argv = ["--size", name, "--scenario", size.scenario, "--seed-ids", *map(str, seeds), "--out", str(out),
+            "--budgets", *map(str, size.budgets), "--controls", *size.controls,
+            "--cache", str(args.cache), "--threads", str(args.threads), "--no-plots"]
+    if args.methods:
+        argv += ["--methods", *args.methods]
+    if not size.train_full_pool:
+        argv.append("--no-full-pool")
+    if args.fresh:
+        argv.append("--fresh")
+    return argv
+
+
+def run_workers(args, name: str, size: Size, out: Path, argv) -> int:
+    """Seeds split round-robin over `args.workers` processes, then one merged report.
+
+    The base model is pretrained here first, so the workers never race to build it."""
+    import subprocess
+
+    from bench.quality import report
+
+    command = "python -m bench.quality.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    started = time.perf_counter()
+    pretrain.ensure_base_model(size.model, args.cache.resolve(), print)
+    seeds = list(args.seed_ids) if args.seed_ids is not None else list(range(size.seeds))
+    shares = [seeds[k :: args.workers] for k in range(args.workers) if seeds[k :: args.workers]]
+    parts = [out / "parts" / f"worker-{k}" for k in range(len(shares))]
+    processes = []
+    for share, part in zip(shares, parts):
+        part.mkdir(parents=True, exist_ok=True)
+        child = [sys.executable, "-m", "bench.quality.run", *worker_argv(args, name, size, share, part)]
+        print(f"worker {part.name}: seeds {share}; log {part / 'run.log'}", flush=True)
+        processes.append(subprocess.Popen(child, cwd=REPO, stdout=subprocess.DEVNULL))
+    failed = [part.name for part, process in zip(parts, processes) if process.wait() != 0]
+    if failed:
+        print(f"workers failed: {', '.join(failed)} (their logs: run.log in {out / 'parts'})", file=sys.stderr)
+        return 1
+    merged = report.merge([part / "results.json" for part in parts], out / "results.json")
+    document = json.loads(merged.read_text())
+    document["command"] = command.strip()
+    document["timings_seconds"]["total wall (all workers)"] = round(time.perf_counter() - started, 1)
+    merged.write_text(json.dumps(document, indent=1, default=str))
+    (out / "run.log").write_text("".join((part / "run.log").read_text() for part in parts))
+    written = report.write_report(merged, out, plots=not args.no_plots)
+    print(f"done in {(time.perf_counter() - started) / 60:.1f} min; report: {', '.join(str(p) for p in written)}")
+    return 0
 
 
 def _run(args, name: str, size: Size, out: Path, cache: Path, methods: list[Method], skipped: list[str], log, argv) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from selection import artifacts, spec as spec_module, storage
+from selection import artifacts, data, spec as spec_module, storage
 from selection.artifacts import SELECTION
 from selection.jobs import runner
 from selection.jobs.context import StageContext
@@ -46,16 +46,19 @@ def _finished_selection(ctx: StageContext) -> dict[str, Any] | None:
         return None
 
 
-def _rows_to_select_from(pool: int, excluded: list[int], budget: int):
+def _rows_to_select_from(pool: int, answerless: list[int], duplicates: list[int], budget: int):
     """Row numbers without the excluded ones (None when nothing is excluded)."""
+    excluded = sorted(set(answerless) | set(duplicates))
     if not excluded:
         return None
     kept = np.setdiff1d(np.arange(pool), np.asarray(excluded, dtype=np.int64))
     if budget > len(kept):
+        reasons = [f"{len(answerless)} keep no assistant token within maxLength"] if answerless else []
+        reasons += [f"{len(duplicates)} repeat an earlier line (selection.deduplicate)"] if duplicates else []
         raise spec_module.SpecError([(
             "spec.selection.budget",
-            f"{budget} examples requested, but only {len(kept)} of {pool} keep an assistant token "
-            f"within maxLength ({len(excluded)} excluded); raise data.maxLength or lower the budget",
+            f"{budget} examples requested, but only {len(kept)} of {pool} can be selected "
+            f"({'; '.join(reasons)}); lower the budget, raise data.maxLength or set deduplicate: false",
         )])
     return kept
 
@@ -78,7 +81,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     sel = ctx.spec.selection
     budget = resolve_budget(sel.budget, len(pool))
     excluded = method.answerless_rows(ctx)
-    kept = _rows_to_select_from(len(pool), excluded, budget)
+    duplicates = data.duplicate_lines(pool, ctx.spec.data.train) if sel.deduplicate else []
+    kept = _rows_to_select_from(len(pool), excluded, duplicates, budget)
     result = reduce_matrix(
         matrix if kept is None else matrix[kept], tasks, method=sel.method, budget=budget,
         granularity=sel.granularity, normalize=sel.normalize, iterative=sel.iterative, seed=sel.seed,
@@ -99,6 +103,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     )
     if excluded:
         document["excludedNoAnswer"] = excluded
+    if duplicates:
+        document["excludedDuplicates"] = duplicates
     if influence.summary is not None:
         document["influence"] = influence.summary
     if influence.feature_health is not None:

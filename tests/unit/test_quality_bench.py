@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -107,6 +108,31 @@ def test_controls_use_the_true_labels():
     quality = run.subset_quality(data.pool, list(range(len(data.pool))))
     assert 0.2 < quality["wrong_share"] < 0.35 and 0.2 < quality["off_target_share"] < 0.35
     assert quality["duplicate_share"] > 0.05 and abs(quality["distractor_share"] - 0.15) < 0.01
+
+
+def test_workers_run_the_same_benchmark_on_their_share_of_the_seeds(tmp_path, monkeypatch):
+    """`--workers N`: each worker's command line names the parent's size, budgets, methods and
+    controls, and the seeds are split without loss or overlap."""
+    from bench.quality import run
+
+    seen = []
+
+    def fake_run(args, name, size, out, cache, methods, skipped, log, argv):
+        seen.append((name, size, tuple(args.seed_ids), tuple(m.label for m in methods), out))
+        return 0
+
+    monkeypatch.setattr(run, "_run", fake_run)
+    args = run.argparse.Namespace(cache=tmp_path / "cache", threads=1, methods=["bids", "random"], fresh=False)
+    size = replace(run.size_preset("full", "transfer"), budgets=(0.1, 0.05), controls=("stratified",),
+                   train_full_pool=False)
+    argvs = [run.worker_argv(args, "full", size, seeds, tmp_path / f"w{k}") for k, seeds in enumerate(([0, 2, 4], [1, 3]))]
+    for argv in argvs:
+        assert run.main(argv) == 0
+    assert sorted(s for entry in seen for s in entry[2]) == [0, 1, 2, 3, 4]
+    for name, child, _, labels, out in seen:
+        assert name == "full" and labels == ("bids", "random")
+        assert child.budgets == size.budgets and child.controls == size.controls and not child.train_full_pool
+        assert child.scenario == "transfer" and out.parent == tmp_path
 
 
 @pytest.mark.slow
