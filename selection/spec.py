@@ -275,23 +275,20 @@ class DistillationSpec(_Section):
 class SelectionSpec(_Section):
     """How the attribution matrix becomes a subset (docs/algorithms.md §8-§14)."""
 
-    # quota-sample, dsel's own rule and the default: docs/algorithms.md §18.3
+    # quota, the default since bench/quality's transfer benchmark: docs/algorithms.md §18
     method: Literal[ALL_METHODS] = Field(  # type: ignore[valid-type]  # the reducer registry's names
-        default="quota-sample",
+        default="quota",
         description=(
-            "Reduction method. influence-distillation selects round robin over validation "
-            "examples from the distilled influence matrix. quota-sample (dsel's own, not a "
-            "paper's) gives every task an equal quota and fills it by a seeded uniform draw "
-            "among the task's top `candidates` x quota examples by mean normalized influence: "
-            "influence filters out harmful and off-target data, the draw keeps the subset "
-            "diverse (top-k of one score collapses onto near-copies of the validation examples). "
-            "quota-sample is the default because it measured best in bench/quality (transfer "
-            "scenario, 5 seeds): the highest macro accuracy of every method at 5/10/15%, above "
-            "quota (its top-k twin) with 95% intervals above zero at 10% and 15%, above bids in "
-            "13 of 15 seed-budget pairs and above random in 12 of 15; the issue's in-domain runs "
-            "also found a random draw within each task better than top-k by influence. The "
-            "margins over random are not significant at 15% (bench/quality/README.md); bids is "
-            "the BIDS paper's method, unchanged."
+            "Reduction method. quota (the default) gives every task an equal share of the budget "
+            "and fills it with the task's most influential examples (mean normalized influence "
+            "over the task's validation examples). bids is the BIDS paper's iterative balanced "
+            "selection, less LESS's task-max top-k, random a seeded uniform draw. "
+            "influence-distillation selects round robin over validation examples from the "
+            "distilled influence matrix. quota-sample (dsel's own) fills each quota by a seeded "
+            "draw among the task's top `candidates` x quota examples. quota is the default "
+            "because it had the highest macro accuracy at 10% and 15% on bench/quality's transfer "
+            "benchmark in the seeds that chose the default (bench/quality/README.md gives the "
+            "numbers, and the confirmation run on other seeds)."
         ),
     )
     influence: Literal["gradient", "distilled"] = Field(

@@ -180,10 +180,10 @@ def size_preset(name: str, scenario: str = "transfer") -> Size:
         model = pretrain.PretrainConfig(steps=2000, test_sizes=FULL_TEST_SIZES)
         if scenario == "in-domain":
             return Size("full", scenario, 3, (0.05, 0.10, 0.15), FULL_TEST_SIZES, model,
-                        finetune.FinetuneRecipe(), _dsel_sections(0.05, 2, 2048, 16, 300))
+                        finetune.FinetuneRecipe(), _dsel_sections(0.05, 2, 2048, 16, 300), None, FULL_CONTROLS)
         data = replace(FULL_TEST_SIZES, pool=TRANSFER_POOL)
-        return Size("full", scenario, 5, (0.05, 0.10, 0.15), data, model, finetune.FinetuneRecipe(),
-                    _dsel_sections(0.05, 2, 2048, 16, 100), mix, TRANSFER_CONTROLS)
+        return Size("full", scenario, 8, (0.05, 0.10, 0.15), data, model, finetune.FinetuneRecipe(),
+                    _dsel_sections(0.05, 2, 2048, 16, 100), mix, FULL_CONTROLS)
     if name == "quick":
         model = pretrain.PretrainConfig(steps=800, test_sizes=QUICK_TEST_SIZES)
         return Size("quick", scenario, 1, (0.15,), replace(QUICK_TEST_SIZES, pool=600), model, finetune.FinetuneRecipe(),
@@ -197,13 +197,13 @@ def size_preset(name: str, scenario: str = "transfer") -> Size:
                 num_key_value_heads=1, steps=3, batch_size=4, sequence_length=32, test_sizes=data,
             ),
             replace(finetune.FinetuneRecipe(), epochs=1, lora_r=4),
-            _dsel_sections(0.25, 1, 64, 8, 16), mix, TRANSFER_CONTROLS if mix else (STRATIFIED,),
+            _dsel_sections(0.25, 1, 64, 8, 16), mix, FULL_CONTROLS if mix else (STRATIFIED,),
         )
     raise ValueError(f"unknown size {name!r}")
 
 
 TRANSFER_POOL = 1000  # sized so 5 seeds of every method and control fit ~75 min here (README)
-TRANSFER_CONTROLS = (STRATIFIED, f"{WITHIN_TASK}@bids")
+FULL_CONTROLS = (STRATIFIED, f"{WITHIN_TASK}@bids")
 
 
 def build_datasets(size: Size, seed: int) -> tasks.Datasets:
