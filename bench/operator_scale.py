@@ -35,6 +35,7 @@ import asyncio
 import collections
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -60,7 +61,7 @@ STAGES = ("warmup", "extract", "reduce")
 DRIVER_AGENT = "kmock"  # the emulator's own client (the driver) sends kmock/<version>
 
 
-REQUEST_LOG_KEPT = 256  # requests kmock keeps in its log (see CountingEmulator)
+REQUEST_LOG_KEPT = 16  # requests kmock keeps in its log (see CountingEmulator)
 
 
 class CountingEmulator(KubeEmulator):
@@ -187,7 +188,7 @@ class StatusDriver:
         self.completed[key] = time.monotonic()
 
     def _write_selection(self, name: str) -> None:
-        store = storage.open_store(f"s3://{self.bucket}/{name}", endpoint_url=self.s3.endpoint_url)
+        store = storage.open_store(f"s3://{self.bucket}/{name}", client=self.s3_client)
         document = {
             "method": "bids", "budget": 6, "indices": list(range(6)), "composition": {"t": 6},
             "parameters": {}, "poolSize": 40, "tasks": ["t"],
@@ -201,6 +202,9 @@ class StatusDriver:
 
     def start(self, bucket: str) -> list[asyncio.Task]:
         self.bucket = bucket
+        # One client for all writes: making one per write costs this process (which also serves
+        # the emulator) tens of ms of CPU each, and delayed every answer of the emulator.
+        self.s3_client = storage.s3_client(self.s3.endpoint_url)
         return [
             asyncio.create_task(self._watch("/apis/batch/v1/jobs", self._on_job)),
             asyncio.create_task(self._watch("/apis/dsel.dev/v1alpha1/dataselections", self._on_selection)),
@@ -305,6 +309,10 @@ async def run(args) -> dict:
                  "--namespace", NAMESPACE],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             )
+            profiler = subprocess.Popen(  # samples the operator's threads without pausing them
+                [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(operator.pid), "--rate", "200",
+                 "--nonblocking", "--threads", "--format", "raw", "--output", str(args.py_spy)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if args.py_spy else None
             rss, lag = RssSampler(operator.pid), LoopLag()
             sampler = asyncio.create_task(rss.run())
             lagger = asyncio.create_task(lag.run())
@@ -366,6 +374,9 @@ async def run(args) -> dict:
                 for task in (*watches, sampler, lagger, *driver._tasks):
                     task.cancel()
                 await asyncio.gather(*watches, sampler, lagger, *driver._tasks, return_exceptions=True)
+                if profiler is not None:
+                    profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+                    profiler.wait(timeout=60)
                 operator.terminate()
                 try:
                     operator.wait(timeout=20)
@@ -426,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=2400.0, help="per scenario, seconds")
     parser.add_argument("--output", type=Path, help="also write the table (markdown) here")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--py-spy", type=Path, help="sample the operator with py-spy (pip install py-spy) into "
+                        "this file (collapsed stacks, all threads)")
     args = parser.parse_args(argv)
     load_start = os.getloadavg()[0]
     results = asyncio.run(run(args))

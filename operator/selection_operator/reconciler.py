@@ -72,6 +72,7 @@ class Context:
     settings: OperatorSettings
     metrics: Metrics
     wakeups: Wakeups = dataclasses.field(default_factory=Wakeups)
+    s3_clients: results.S3Clients = dataclasses.field(default_factory=results.S3Clients)
     supervisor: "Supervisor" = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
@@ -254,7 +255,7 @@ async def _read_selection(ctx: Context, namespace: str, storage: contract.Storag
         credentials = await storage_credentials(ctx, namespace, storage.credentials_secret)
     except results.CredentialsError as error:
         return phases.SelectionRead(error=str(error))
-    return await asyncio.to_thread(results.read_selection, storage, credentials)
+    return await asyncio.to_thread(results.read_selection, storage, credentials, ctx.s3_clients)
 
 
 async def gather_needs(
