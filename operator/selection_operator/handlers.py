@@ -74,8 +74,10 @@ async def selection_changed(
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={manifests.LABEL_SELECTION: kopf.PRESENT})
-async def job_changed(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    memo.dsel.wakeups.poke(_namespaced(namespace), labels[manifests.LABEL_SELECTION])
+async def job_changed(
+    type: str | None, event: kopf.RawEvent, labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    memo.dsel.wakeups.poke_for_job(_namespaced(namespace), labels[manifests.LABEL_SELECTION], type, event["object"])
 
 
 def _namespaced(namespace: str | None) -> str:

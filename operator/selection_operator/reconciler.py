@@ -1,10 +1,11 @@
 """Observe, decide, act: runs the pure state machine against the cluster for one DataSelection.
 
 One long-lived loop per resource (started by the `Supervisor`, without a finalizer) is the only
-writer of its status. Job events wake it at once; otherwise it re-checks every `resync_seconds`
-while the selection runs, and sleeps until the spec changes once it has finished. Each round
-observes (the resource, its ConfigMap and Jobs; pods, Events, Workloads, the failed pod's
-message or selection.json only when the plan asks), decides (`phases.decide`) and applies.
+writer of its status. Job events wake it at once (all but the echo of its own create, see
+`Wakeups`); otherwise it re-checks every `resync_seconds` while the selection runs, and sleeps
+until the spec changes once it has finished. Each round observes (the resource, then its
+ConfigMap and Jobs together; pods, Events, Workloads, the failed pod's message or selection.json
+only when the plan asks), decides (`phases.decide`) and applies.
 """
 
 from __future__ import annotations
@@ -36,11 +37,17 @@ def now_rfc3339() -> str:
 
 
 class Wakeups:
-    """Per-resource wake-up events, so Job and spec changes reach the right loop at once."""
+    """Per-resource wake-up events, so Job and spec changes reach the right loop at once.
+
+    The watch event of a Job the loop has just created (its ADDED event carrying the very
+    resourceVersion the create returned) tells the loop nothing it does not know, so it wakes
+    nobody: the Job controller's first status update does. That halves the rounds per stage; a
+    Job created suspended (Kueue) still wakes the loop, which then reports why it waits."""
 
     def __init__(self) -> None:
         self._events: dict[tuple[str, str], asyncio.Event] = {}
         self._generations: dict[tuple[str, str], Any] = {}
+        self._created: dict[tuple[str, str], dict[str, str]] = {}  # job name -> resourceVersion
 
     def register(self, namespace: str, name: str) -> asyncio.Event:
         event = self._events.setdefault((namespace, name), asyncio.Event())
@@ -50,11 +57,27 @@ class Wakeups:
         if self._events.get((namespace, name)) is event:
             del self._events[(namespace, name)]
         self._generations.pop((namespace, name), None)
+        self._created.pop((namespace, name), None)
 
     def poke(self, namespace: str, name: str) -> None:
         event = self._events.get((namespace, name))
         if event is not None:
             event.set()
+
+    def created_job(self, namespace: str, name: str, job: Mapping[str, Any]) -> None:
+        """Note a Job the loop of `name` created, as the API server returned it."""
+        meta = job.get("metadata") or {}
+        if meta.get("name") and meta.get("resourceVersion") and not (job.get("spec") or {}).get("suspend"):
+            self._created.setdefault((namespace, name), {})[meta["name"]] = meta["resourceVersion"]
+
+    def poke_for_job(self, namespace: str, name: str, event_type: str | None, job: Mapping[str, Any]) -> None:
+        """Wake the loop of selection `name` for a Job event, unless it is the echo of its own create."""
+        meta = job.get("metadata") or {}
+        created = self._created.get((namespace, name)) or {}
+        version = created.pop(str(meta.get("name")), None)  # only the first event after the create may be its echo
+        if event_type == "ADDED" and version is not None and version == meta.get("resourceVersion"):
+            return
+        self.poke(namespace, name)
 
     def poke_on_new_generation(self, namespace: str, name: str, generation: Any) -> None:
         """Wake the loop for spec changes, not for the status patches it makes itself."""
@@ -143,13 +166,16 @@ async def failure_detail(
 async def observe(ctx: Context, resource: Mapping[str, Any]) -> tuple[phases.Observation, dict[str, dict]]:
     meta = resource["metadata"]
     namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid")
+    jobs, config_map = await asyncio.gather(  # two round trips at once
+        ctx.cluster.list_owned("batch/v1", "Job", namespace, name),
+        ctx.cluster.get("v1", "ConfigMap", namespace, manifests.config_map_name(name)),
+    )
     jobs_by_stage: dict[str, dict] = {}
-    for job in await ctx.cluster.list_owned("batch/v1", "Job", namespace, name):
+    for job in jobs:
         stage = (job.get("metadata", {}).get("labels") or {}).get(manifests.LABEL_STAGE)
         if stage in contract.STAGE_NAMES and owned_by(job, uid):
             jobs_by_stage[stage] = job
     started = secret = None
-    config_map = await ctx.cluster.get("v1", "ConfigMap", namespace, manifests.config_map_name(name))
     if config_map is not None and owned_by(config_map, uid):
         started = json.loads((config_map.get("data") or {}).get(manifests.ARGS_FILE) or "null")
         annotations = config_map["metadata"].get("annotations") or {}
@@ -279,7 +305,7 @@ async def gather_needs(
     return observation
 
 
-async def _create(ctx: Context, obj: dict[str, Any], owner: Mapping[str, Any]) -> bool:
+async def _create(ctx: Context, obj: dict[str, Any], owner: Mapping[str, Any]) -> dict[str, Any] | None:
     manifests.adopt(obj, owner)  # not kopf.adopt: the owner's labels must not leak onto children
     return await ctx.cluster.create(obj)
 
@@ -330,7 +356,7 @@ async def _create_children(
         return
     if plan.create_config_map:
         config_map = manifests.build_config_map(plan.resource, plan.storage)
-        if not await _create(ctx, config_map, resource):
+        if await _create(ctx, config_map, resource) is None:
             existing = await ctx.cluster.get("v1", "ConfigMap", namespace, config_map["metadata"]["name"])
             if existing is not None and not owned_by(existing, meta.get("uid")):
                 # A namesake's leftover (deleted and recreated quickly): its Jobs would mount the
@@ -340,7 +366,9 @@ async def _create_children(
                 return
     for stage in plan.create_jobs:
         job = manifests.build_job(stage, plan.resource, plan.storage, ctx.settings)
-        if await _create(ctx, job, resource):
+        created = await _create(ctx, job, resource)
+        if created is not None:
+            ctx.wakeups.created_job(namespace, name, created)
             logger.info("created Job %s", job["metadata"]["name"])
 
 
