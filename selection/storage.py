@@ -612,6 +612,7 @@ def open_store(
     region: str | None = None,
     credentials: Mapping[str, str] | None = None,
     client: Any = None,
+    check: bool = True,
 ) -> ObjectStore:
     """Open a plain path, ``file://`` URI or ``s3://bucket[/prefix]`` as a store.
 
@@ -619,7 +620,8 @@ def open_store(
     ``$AWS_ENDPOINT_URL``, else AWS itself; credentials are `credentials` (AWS_ACCESS_KEY_ID,
     AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) when given, else boto3's default chain. A `client`
     (from `s3_client`) is used instead of making one; it stands for all three. The bucket is
-    checked now so a wrong endpoint or bucket fails at job start, not mid-run.
+    checked now (unless `check` is false: a reader whose first request names a missing bucket
+    just as clearly) so a wrong endpoint or bucket fails at job start, not mid-run.
     """
     if not isinstance(uri, str) or not uri.strip():
         raise StorageError(f"empty storage URI {uri!r}")
@@ -629,7 +631,8 @@ def open_store(
         if client is None:
             client = s3_client(endpoint_url, region, credentials)
         store = S3Store(bucket, prefix, client=client)
-        store.check()
+        if check:
+            store.check()
         return store
     if uri.startswith("file://"):
         parsed = urllib.parse.urlparse(uri)

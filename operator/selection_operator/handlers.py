@@ -60,7 +60,7 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 # wake-up events (kopf runs sync handlers in threads). No handler here needs a finalizer.
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def selection_changed(
-    type: str, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+    type: str, body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
     meta = body.get("metadata", {})
     namespace, name = _namespaced(meta.get("namespace")), meta.get("name")
@@ -70,6 +70,7 @@ async def selection_changed(
         if type != "DELETED" and LEGACY_FINALIZER in (meta.get("finalizers") or ()):
             await memo.dsel.cluster.remove_selection_finalizer(namespace, name, LEGACY_FINALIZER)
         return
+    memo.dsel.selections.seen(namespace, name, event["object"])
     memo.dsel.supervisor.ensure(namespace, name, meta.get("generation"), logger)
 
 

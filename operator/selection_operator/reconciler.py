@@ -87,6 +87,47 @@ class Wakeups:
             self.poke(namespace, name)
 
 
+class LatestSelections:
+    """The newest body of each DataSelection that the watch delivered, read instead of a GET.
+
+    A body serves a round only while it is the version the operator last knew from the API
+    server itself (its last status write's answer, or its last GET), i.e. once the watch has
+    delivered the echo of that write; until then the round GETs. A change made since (a spec
+    edit, a deletion) arrives as a later event that replaces the body and wakes the loop, just as
+    a GET racing with that change would have missed it. The first round uses the event that
+    started the loop."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], Mapping[str, Any]] = {}
+        self._known: dict[tuple[str, str], str | None] = {}
+
+    @staticmethod
+    def _version(body: Mapping[str, Any] | None) -> str | None:
+        return ((body or {}).get("metadata") or {}).get("resourceVersion")
+
+    def seen(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+        """A watch event's body (events arrive in the order of the API server's changes)."""
+        self._seen[(namespace, name)] = body
+
+    def known(self, namespace: str, name: str, body: Mapping[str, Any] | None) -> None:
+        """A body the API server answered with (GET, or the status write's answer)."""
+        self._known[(namespace, name)] = self._version(body)
+
+    def fresh(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """The watched body when it is at least as new as the operator's own last read or write."""
+        key = (namespace, name)
+        body = self._seen.get(key)
+        if body is None or self._version(body) is None:
+            return None
+        if key in self._known and self._known[key] != self._version(body):
+            return None
+        return body
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._seen.pop((namespace, name), None)
+        self._known.pop((namespace, name), None)
+
+
 @dataclasses.dataclass
 class Context:
     """What every handler shares within one operator run (kept in kopf's memo)."""
@@ -95,7 +136,8 @@ class Context:
     settings: OperatorSettings
     metrics: Metrics
     wakeups: Wakeups = dataclasses.field(default_factory=Wakeups)
-    s3_clients: results.S3Clients = dataclasses.field(default_factory=results.S3Clients)
+    selections: LatestSelections = dataclasses.field(default_factory=LatestSelections)
+    selection_reader: results.SelectionReader = dataclasses.field(default_factory=results.SelectionReader)
     supervisor: "Supervisor" = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
@@ -111,6 +153,7 @@ class Context:
         await self.supervisor.close()
         self.metrics.close()
         self.cluster.close()
+        self.selection_reader.close()
 
 
 def owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
@@ -281,7 +324,7 @@ async def _read_selection(ctx: Context, namespace: str, storage: contract.Storag
         credentials = await storage_credentials(ctx, namespace, storage.credentials_secret)
     except results.CredentialsError as error:
         return phases.SelectionRead(error=str(error))
-    return await asyncio.to_thread(results.read_selection, storage, credentials, ctx.s3_clients)
+    return await ctx.selection_reader.read(storage, credentials)
 
 
 async def gather_needs(
@@ -335,7 +378,7 @@ async def apply(
     old = resource.get("status") or {}
     patch = phases.merge_patch(old, plan.status)
     if patch is not None:
-        await ctx.cluster.patch_selection_status(namespace, name, patch)
+        ctx.selections.known(namespace, name, await ctx.cluster.patch_selection_status(namespace, name, patch))
     for event in plan.events:
         owner = kopf.Body(cast(kopf.RawBody, dict(resource)))  # a raw object from the API: kopf's view of it
         kopf.event(owner, type=event.type, reason=event.reason, message=redact(event.message))
@@ -374,7 +417,10 @@ async def _create_children(
 
 async def reconcile(ctx: Context, namespace: str, name: str, logger: kopf.Logger) -> bool:
     """One round for one resource: True when it is idle (finished, gone or being deleted)."""
-    resource = await ctx.cluster.get_selection(namespace, name)
+    resource = ctx.selections.fresh(namespace, name)
+    if resource is None:
+        resource = await ctx.cluster.get_selection(namespace, name)
+        ctx.selections.known(namespace, name, resource)
     if resource is None or resource.get("metadata", {}).get("deletionTimestamp"):
         return True  # the supervisor stops this loop when it sees the deletion
     observation, jobs = await observe(ctx, resource)
@@ -450,6 +496,7 @@ class Supervisor:
         self.ctx.wakeups.poke_on_new_generation(namespace, name, generation)
 
     def stop(self, namespace: str, name: str) -> None:
+        self.ctx.selections.forget(namespace, name)
         running = self._loops.pop((namespace, name), None)
         if running is not None:
             running[1].set()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import concurrent.futures
 import hashlib
 import json
 import threading
@@ -18,6 +20,10 @@ from selection_operator.phases import SelectionRead
 # Distinct (endpoint, region, credentials) kept: one per credentials Secret in use is typical;
 # the least recently used goes beyond this, so rotated keys do not pile up.
 S3_CLIENTS_KEPT = 64
+# selection.json reads in flight at once (threads; botocore keeps 10 connections per client).
+# Each read waits on S3 for two round trips: with 100 selections finishing together, asyncio's
+# default pool (cores + 4 threads) made the reads queue for threads.
+S3_READ_CONCURRENCY = 10
 
 
 class CredentialsError(Exception):
@@ -71,7 +77,7 @@ def read_selection(
     try:
         s3 = target.uri.startswith("s3://")
         client = clients.client(target.endpoint, target.region, credentials) if s3 else None
-        store = storage.open_store(target.uri, client=client)
+        store = storage.open_store(target.uri, client=client, check=False)  # a missing bucket: the read says so
         raw = storage.read_artifact_file(store, artifacts.SELECTION_PREFIX, artifacts.SELECTION_FILE)
         document = json.loads(raw)
     except storage.StorageError as error:
@@ -81,3 +87,18 @@ def read_selection(
     if not isinstance(document, dict) or not isinstance(document.get("indices"), list):
         return SelectionRead(error=f"{artifacts.SELECTION_FILE} has no 'indices' list")
     return SelectionRead(document=document)
+
+
+class SelectionReader:
+    """Reads selection.json off the event loop, on threads of its own, with reused clients."""
+
+    def __init__(self) -> None:
+        self.clients = S3Clients()
+        self._threads = concurrent.futures.ThreadPoolExecutor(S3_READ_CONCURRENCY, thread_name_prefix="dsel-s3")
+
+    async def read(self, target: StorageLocation, credentials: Mapping[str, str] | None) -> SelectionRead:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._threads, read_selection, target, credentials, self.clients)
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)

@@ -78,3 +78,10 @@ def test_a_bad_endpoint_is_a_readable_error(written) -> None:
     _, target = written
     read = results.read_selection(StorageLocation(uri=target.uri, endpoint="ftp://nowhere"), None, results.S3Clients())
     assert read.document is None and "ftp://nowhere" in (read.error or "")
+
+
+def test_a_missing_bucket_is_named_without_a_bucket_check(written) -> None:
+    server, target = written
+    missing = StorageLocation(uri="s3://dsel-no-such-bucket/sel", endpoint=target.endpoint, region=target.region)
+    read = results.read_selection(missing, _keys(server, "pods"), results.S3Clients())
+    assert read.document is None and "dsel-no-such-bucket" in (read.error or "") and "does not exist" in read.error

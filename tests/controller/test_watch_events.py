@@ -1,4 +1,5 @@
-"""Which Job events wake a selection's reconcile loop (the echo of its own create does not)."""
+"""What the reconcile loops take from watch events: which Job events wake a loop (the echo of its
+own create does not), and when a watched DataSelection body stands in for a GET."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 
 import pytest
 
-from selection_operator.reconciler import Wakeups
+from selection_operator.reconciler import LatestSelections, Wakeups
 
 
 def job(name: str, version: str, suspend: bool = False) -> dict:
@@ -83,3 +84,51 @@ def test_expectations_go_with_the_loop(wakeups) -> None:
     again = found.register("default", "alpha")
     found.poke_for_job("default", "alpha", "ADDED", job("alpha-warmup", "7"))
     assert again.is_set()
+
+
+def selection(version: str, generation: int = 1) -> dict:
+    return {"metadata": {"name": "alpha", "namespace": "default", "resourceVersion": version,
+                         "generation": generation}, "status": {"phase": "Warmup"}}
+
+
+def test_the_event_that_starts_the_loop_serves_its_first_round() -> None:
+    latest = LatestSelections()
+    assert latest.fresh("default", "alpha") is None
+    latest.seen("default", "alpha", selection("5"))
+    assert latest.fresh("default", "alpha") == selection("5")
+
+
+def test_after_a_status_write_a_round_reads_until_the_watch_delivers_its_echo() -> None:
+    latest = LatestSelections()
+    latest.seen("default", "alpha", selection("5"))
+    latest.known("default", "alpha", selection("6"))  # the status write's answer
+    assert latest.fresh("default", "alpha") is None
+    latest.seen("default", "alpha", selection("6"))
+    assert latest.fresh("default", "alpha") == selection("6")
+
+
+def test_a_change_after_the_last_known_version_is_read_from_the_api() -> None:
+    latest = LatestSelections()
+    latest.known("default", "alpha", selection("6"))
+    latest.seen("default", "alpha", selection("6"))
+    latest.seen("default", "alpha", selection("7", generation=2))  # a spec edit by someone else
+    assert latest.fresh("default", "alpha") is None
+    latest.known("default", "alpha", selection("7", generation=2))  # the round's GET
+    assert latest.fresh("default", "alpha") == selection("7", generation=2)
+
+
+def test_an_older_echo_arriving_late_is_not_taken() -> None:
+    latest = LatestSelections()
+    latest.known("default", "alpha", selection("8"))
+    latest.seen("default", "alpha", selection("7"))  # the previous write's echo, still on its way
+    assert latest.fresh("default", "alpha") is None
+
+
+def test_a_missing_resource_or_a_forgotten_one_is_read_from_the_api() -> None:
+    latest = LatestSelections()
+    latest.seen("default", "alpha", selection("5"))
+    latest.known("default", "alpha", None)  # the GET found nothing
+    assert latest.fresh("default", "alpha") is None
+    latest.seen("default", "alpha", selection("9"))
+    latest.forget("default", "alpha")
+    assert latest.fresh("default", "alpha") is None
