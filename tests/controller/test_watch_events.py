@@ -86,49 +86,36 @@ def test_expectations_go_with_the_loop(wakeups) -> None:
     assert again.is_set()
 
 
-def selection(version: str, generation: int = 1) -> dict:
-    return {"metadata": {"name": "alpha", "namespace": "default", "resourceVersion": version,
-                         "generation": generation}, "status": {"phase": "Warmup"}}
+def selection(version: str) -> dict:
+    return {"metadata": {"name": "alpha", "namespace": "default", "resourceVersion": version},
+            "status": {"phase": "Warmup"}}
 
 
-def test_the_event_that_starts_the_loop_serves_its_first_round() -> None:
+# Steps: ("seen", v) a watch event with resourceVersion v; ("known", v) an API answer (GET or
+# status write) with v, None for "not found"; ("forget", None) the loop stops; ("fresh", v) the
+# body a round takes from the watch (None: it GETs).
+SCENARIOS = {
+    "the event that starts the loop serves its first round": [("fresh", None), ("seen", "5"), ("fresh", "5")],
+    "after a status write a round reads until the watch delivers its echo": [
+        ("seen", "5"), ("known", "6"), ("fresh", None), ("seen", "6"), ("fresh", "6")],
+    "a change since the last known version (a spec edit) is read from the API": [
+        ("known", "6"), ("seen", "6"), ("seen", "7"), ("fresh", None), ("known", "7"), ("fresh", "7")],
+    "an older echo arriving late is not taken": [("known", "8"), ("seen", "7"), ("fresh", None)],
+    "a resource the API did not find is read again": [("seen", "5"), ("known", None), ("fresh", None)],
+    "a forgotten resource is read from the API": [("seen", "9"), ("forget", None), ("fresh", None)],
+}
+
+
+@pytest.mark.parametrize("steps", SCENARIOS.values(), ids=SCENARIOS.keys())
+def test_when_a_watched_body_stands_in_for_a_get(steps) -> None:
     latest = LatestSelections()
-    assert latest.fresh("default", "alpha") is None
-    latest.seen("default", "alpha", selection("5"))
-    assert latest.fresh("default", "alpha") == selection("5")
-
-
-def test_after_a_status_write_a_round_reads_until_the_watch_delivers_its_echo() -> None:
-    latest = LatestSelections()
-    latest.seen("default", "alpha", selection("5"))
-    latest.known("default", "alpha", selection("6"))  # the status write's answer
-    assert latest.fresh("default", "alpha") is None
-    latest.seen("default", "alpha", selection("6"))
-    assert latest.fresh("default", "alpha") == selection("6")
-
-
-def test_a_change_after_the_last_known_version_is_read_from_the_api() -> None:
-    latest = LatestSelections()
-    latest.known("default", "alpha", selection("6"))
-    latest.seen("default", "alpha", selection("6"))
-    latest.seen("default", "alpha", selection("7", generation=2))  # a spec edit by someone else
-    assert latest.fresh("default", "alpha") is None
-    latest.known("default", "alpha", selection("7", generation=2))  # the round's GET
-    assert latest.fresh("default", "alpha") == selection("7", generation=2)
-
-
-def test_an_older_echo_arriving_late_is_not_taken() -> None:
-    latest = LatestSelections()
-    latest.known("default", "alpha", selection("8"))
-    latest.seen("default", "alpha", selection("7"))  # the previous write's echo, still on its way
-    assert latest.fresh("default", "alpha") is None
-
-
-def test_a_missing_resource_or_a_forgotten_one_is_read_from_the_api() -> None:
-    latest = LatestSelections()
-    latest.seen("default", "alpha", selection("5"))
-    latest.known("default", "alpha", None)  # the GET found nothing
-    assert latest.fresh("default", "alpha") is None
-    latest.seen("default", "alpha", selection("9"))
-    latest.forget("default", "alpha")
-    assert latest.fresh("default", "alpha") is None
+    for step, (action, version) in enumerate(steps):
+        if action == "seen":
+            latest.seen("default", "alpha", selection(version))
+        elif action == "known":
+            latest.known("default", "alpha", selection(version) if version else None)
+        elif action == "forget":
+            latest.forget("default", "alpha")
+        else:
+            expected = selection(version) if version else None
+            assert latest.fresh("default", "alpha") == expected, f"step {step}"
