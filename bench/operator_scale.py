@@ -64,6 +64,7 @@ DRIVER_AGENT = "kmock"  # the emulator's own client (the driver) sends kmock/<ve
 
 
 REQUEST_LOG_KEPT = 16  # requests kmock keeps in its log (see CountingEmulator)
+PY_SPY = Path(sys.executable).with_name("py-spy")  # for --py-spy, installed in the same environment
 
 
 class CountingEmulator(KubeEmulator):
@@ -310,7 +311,7 @@ async def run(args) -> dict:
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             )
             profiler = subprocess.Popen(  # samples the operator's threads without pausing them
-                [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(operator.pid), "--rate", "200",
+                [str(PY_SPY), "record", "--pid", str(operator.pid), "--rate", "200",
                  "--nonblocking", "--threads", "--format", "raw", "--output", str(args.py_spy)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if args.py_spy else None
             rss, lag = RssSampler(operator.pid), LoopLag()
@@ -442,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--py-spy", type=Path, help="sample the operator with py-spy (pip install py-spy) into "
                         "this file (collapsed stacks, all threads)")
     args = parser.parse_args(argv)
+    if args.py_spy and not PY_SPY.exists():
+        parser.error(f"--py-spy needs {PY_SPY} (pip install py-spy)")
     load_start = os.getloadavg()[0]
     results = asyncio.run(run(args))
     text = table(results, args, (load_start, os.getloadavg()[0]))
