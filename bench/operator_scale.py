@@ -9,8 +9,10 @@ CRD, and a SeaweedFS S3 server (`tests.support.s3server`) for the artifacts the 
 of the local job runner, a *status driver* plays the Job controller: it watches Jobs and, after
 `--job-seconds`, patches each Job's status to complete the way the Job controller does
 (succeeded, completedIndexes "0-<n-1>" for an Indexed Job, SuccessCriteriaMet and Complete
-conditions); before completing a reduce Job it commits a selection.json to S3, as the reduce
-stage would. No pods run.
+conditions). Each selection's selection.json is committed to S3 before the scenario starts (as
+its reduce stage would write it; up front, so that the boto3 work, which would run in this
+process beside the emulator, does not slow the emulator during the measurement; the operator
+reads it only once the reduce Job is complete). No pods run.
 
 Scenarios:
 1. one selection with `--shards` (1000) extraction shards: the API objects the operator
@@ -35,6 +37,7 @@ import asyncio
 import collections
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -60,7 +63,8 @@ STAGES = ("warmup", "extract", "reduce")
 DRIVER_AGENT = "kmock"  # the emulator's own client (the driver) sends kmock/<version>
 
 
-REQUEST_LOG_KEPT = 256  # requests kmock keeps in its log (see CountingEmulator)
+REQUEST_LOG_KEPT = 16  # requests kmock keeps in its log (see CountingEmulator)
+PY_SPY = Path(sys.executable).with_name("py-spy")  # for --py-spy, installed in the same environment
 
 
 class CountingEmulator(KubeEmulator):
@@ -162,8 +166,6 @@ class StatusDriver:
         meta, spec = job["metadata"], job["spec"]
         path = f"/apis/batch/v1/namespaces/{meta['namespace']}/jobs/{meta['name']}"
         await asyncio.sleep(self.job_seconds)
-        if key[1] == "reduce":
-            await asyncio.to_thread(self._write_selection, key[0])
         completions = int(spec.get("completions") or 1)
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         status = {
@@ -186,8 +188,8 @@ class StatusDriver:
                 raise RuntimeError(f"PATCH {path}/status: {response.status} {await response.text()}")
         self.completed[key] = time.monotonic()
 
-    def _write_selection(self, name: str) -> None:
-        store = storage.open_store(f"s3://{self.bucket}/{name}", endpoint_url=self.s3.endpoint_url)
+    def write_selection(self, name: str) -> None:
+        store = storage.open_store(f"s3://{self.bucket}/{name}", client=self.s3_client)
         document = {
             "method": "bids", "budget": 6, "indices": list(range(6)), "composition": {"t": 6},
             "parameters": {}, "poolSize": 40, "tasks": ["t"],
@@ -201,6 +203,9 @@ class StatusDriver:
 
     def start(self, bucket: str) -> list[asyncio.Task]:
         self.bucket = bucket
+        # One client for all writes: making one per write costs this process (which also serves
+        # the emulator) tens of ms of CPU each, and delayed every answer of the emulator.
+        self.s3_client = storage.s3_client(self.s3.endpoint_url)
         return [
             asyncio.create_task(self._watch("/apis/batch/v1/jobs", self._on_job)),
             asyncio.create_task(self._watch("/apis/dsel.dev/v1alpha1/dataselections", self._on_selection)),
@@ -305,6 +310,10 @@ async def run(args) -> dict:
                  "--namespace", NAMESPACE],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             )
+            profiler = subprocess.Popen(  # samples the operator's threads without pausing them
+                [str(PY_SPY), "record", "--pid", str(operator.pid), "--rate", "200",
+                 "--nonblocking", "--threads", "--format", "raw", "--output", str(args.py_spy)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if args.py_spy else None
             rss, lag = RssSampler(operator.pid), LoopLag()
             sampler = asyncio.create_task(rss.run())
             lagger = asyncio.create_task(lag.run())
@@ -321,7 +330,8 @@ async def run(args) -> dict:
                     names = [f"{label}-{i:03d}" for i in range(count)]
                     before = collections.Counter(kube.tally)
                     handled, lagged = len(kube.handling), len(lag.lags)
-                    cpu_before = rss.cpu_seconds()
+                    await asyncio.to_thread(lambda names=names: [driver.write_selection(n) for n in names])
+                    cpu_before, bench_cpu_before = rss.cpu_seconds(), time.process_time()
                     started = time.monotonic()
                     for name in names:
                         await post(kube, f"/apis/dsel.dev/v1alpha1/namespaces/{NAMESPACE}/dataselections",
@@ -330,7 +340,7 @@ async def run(args) -> dict:
                                      f"{count} selection(s) Succeeded")
                     seconds = time.monotonic() - started
                     await asyncio.sleep(1.0)  # let the last status writes land in the tally
-                    cpu = rss.cpu_seconds() - cpu_before
+                    cpu, bench_cpu = rss.cpu_seconds() - cpu_before, time.process_time() - bench_cpu_before
                     used = kube.tally - before
                     operator_requests = {k: v for k, v in used.items() if k[0] == "operator"}
                     jobs = [j for j in kube.live_objects("batch/v1/jobs", NAMESPACE)
@@ -353,7 +363,7 @@ async def run(args) -> dict:
                         "advance_max": max(advances), "advances": len(advances),
                         "by_transition": {k: [percentile(v, 0.5), percentile(v, 0.95), max(v), len(v)]
                                           for k, v in by_transition.items()},
-                        "rss_peak": rss.peak, "operator_cpu_seconds": cpu,
+                        "rss_peak": rss.peak, "operator_cpu_seconds": cpu, "bench_cpu_seconds": bench_cpu,
                         "emulator_answer_p50_p95_max": [
                             percentile(kube.handling[handled:], q) for q in (0.5, 0.95, 1.0)],
                         "bench_loop_lag_p95_max": [percentile(lag.lags[lagged:], q) for q in (0.95, 1.0)],
@@ -366,6 +376,9 @@ async def run(args) -> dict:
                 for task in (*watches, sampler, lagger, *driver._tasks):
                     task.cancel()
                 await asyncio.gather(*watches, sampler, lagger, *driver._tasks, return_exceptions=True)
+                if profiler is not None:
+                    profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+                    profiler.wait(timeout=60)
                 operator.terminate()
                 try:
                     operator.wait(timeout=20)
@@ -407,7 +420,8 @@ def table(results: dict, args, loads: tuple[float, float]) -> str:
         answer, lagging = row["emulator_answer_p50_p95_max"], row["bench_loop_lag_p95_max"]
         lines.append(f"  the emulator's answer time p50 / p95 / max: {answer[0] * 1000:.0f} / {answer[1] * 1000:.0f} / "
                      f"{answer[2] * 1000:.0f} ms; the bench process's event-loop lag p95 / max: "
-                     f"{lagging[0] * 1000:.0f} / {lagging[1] * 1000:.0f} ms")
+                     f"{lagging[0] * 1000:.0f} / {lagging[1] * 1000:.0f} ms; its CPU (emulator and driver): "
+                     f"{row['bench_cpu_seconds']:.1f} s")
     for row in results["scenarios"]:
         created = ", ".join(f"{k}: {v}" for k, v in sorted(row["created_by_operator"].items()))
         lines.append(f"- {row['label']}: objects the operator created (POST): {created}")
@@ -426,7 +440,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=2400.0, help="per scenario, seconds")
     parser.add_argument("--output", type=Path, help="also write the table (markdown) here")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--py-spy", type=Path, help="sample the operator with py-spy (pip install py-spy) into "
+                        "this file (collapsed stacks, all threads)")
     args = parser.parse_args(argv)
+    if args.py_spy and not PY_SPY.exists():
+        parser.error(f"--py-spy needs {PY_SPY} (pip install py-spy)")
     load_start = os.getloadavg()[0]
     results = asyncio.run(run(args))
     text = table(results, args, (load_start, os.getloadavg()[0]))

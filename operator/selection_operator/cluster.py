@@ -3,13 +3,15 @@
 Requests go through the official client's `ApiClient` (so every kubeconfig auth method, TLS
 setting and token refresh works) but as raw JSON: the operator works with plain dicts and never
 has the typed models drop a field they do not know. The client is synchronous, so each call runs
-in a worker thread and the event loop stays free for kopf.
+in a worker thread of the Cluster's own pool and the event loop stays free for kopf.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
+import functools
 import json
 import logging
 import os
@@ -27,6 +29,10 @@ log = logging.getLogger(__name__)
 # Seconds for one API request: generous for a loaded API server, short enough that a hung
 # connection does not stall a selection for long (the reconcile loop retries).
 REQUEST_TIMEOUT_S = 30.0
+# API requests in flight at once (worker threads, and the HTTP connections kept for them). Each
+# request holds a thread for one round trip, mostly waiting: with 100 selections waking together,
+# asyncio's default pool (cores + 4 threads, shared with S3 reads) made rounds queue for threads.
+API_CONCURRENCY = 16
 _PATHS = {
     ("batch/v1", "Job"): "/apis/batch/v1/namespaces/{namespace}/jobs",
     ("v1", "ConfigMap"): "/api/v1/namespaces/{namespace}/configmaps",
@@ -101,13 +107,20 @@ class Cluster:
     def __init__(self, api_client: kubernetes.client.ApiClient, request_timeout: float = REQUEST_TIMEOUT_S):
         self.api = api_client
         self.request_timeout = request_timeout
+        self._threads = concurrent.futures.ThreadPoolExecutor(API_CONCURRENCY, thread_name_prefix="dsel-api")
 
     @classmethod
     def from_environment(cls) -> "Cluster":
-        return cls(kubernetes.client.ApiClient(load_configuration()))
+        config = load_configuration()
+        config.connection_pool_maxsize = API_CONCURRENCY  # one kept connection per thread
+        return cls(kubernetes.client.ApiClient(config))
 
     def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
         self.api.close()
+
+    async def _in_thread(self, function: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(function, *args))
 
     # --- transport ----------------------------------------------------------------------
     def _request_sync(
@@ -141,7 +154,7 @@ class Cluster:
         body: Any = None,
         content_type: str = "application/json",
     ) -> Any:
-        return await asyncio.to_thread(self._request_sync, method, path, query, body, content_type)
+        return await self._in_thread(self._request_sync, method, path, query, body, content_type)
 
     # --- DataSelections -----------------------------------------------------------------
     async def get_selection(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -189,18 +202,19 @@ class Cluster:
                 return None
             raise
 
-    async def create(self, obj: Mapping[str, Any]) -> bool:
-        """Create `obj`; False when it already exists (409), so callers can create blindly."""
+    async def create(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create `obj` and return it as stored ({} without an answer body); None when it already
+        exists (409), so callers can create blindly."""
         meta = obj["metadata"]
         path = _PATHS[(obj["apiVersion"], obj["kind"])].format(namespace=meta["namespace"])
         try:
-            await self.request("POST", path, body=dict(obj))
+            created = await self.request("POST", path, body=dict(obj))
         except ApiError as error:
             if error.status == 409:
-                return False
+                return None
             error.kind, error.name = obj["kind"], meta.get("name")
             raise
-        return True
+        return created if isinstance(created, dict) else {}
 
     async def suspend_job(self, namespace: str, name: str) -> None:
         """Suspend a Job: the Job controller stops its pods (kept for `kubectl describe`)."""
@@ -250,7 +264,7 @@ class Cluster:
         """The last lines of a container's log, or None when they cannot be read."""
         path = f"{_PATHS[('v1', 'Pod')].format(namespace=namespace)}/{pod}/log"
         try:
-            text = await asyncio.to_thread(self._log_sync, path, {"container": container, "tailLines": str(lines)})
+            text = await self._in_thread(self._log_sync, path, {"container": container, "tailLines": str(lines)})
         except Exception as error:  # best effort: a missing log must not hide the failure itself
             log.debug("cannot read the log of pod %s/%s: %s", namespace, pod, error)
             return None

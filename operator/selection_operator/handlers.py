@@ -60,7 +60,7 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 # wake-up events (kopf runs sync handlers in threads). No handler here needs a finalizer.
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def selection_changed(
-    type: str, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+    type: str, body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
     meta = body.get("metadata", {})
     namespace, name = _namespaced(meta.get("namespace")), meta.get("name")
@@ -70,12 +70,15 @@ async def selection_changed(
         if type != "DELETED" and LEGACY_FINALIZER in (meta.get("finalizers") or ()):
             await memo.dsel.cluster.remove_selection_finalizer(namespace, name, LEGACY_FINALIZER)
         return
+    memo.dsel.selections.seen(namespace, name, event["object"])
     memo.dsel.supervisor.ensure(namespace, name, meta.get("generation"), logger)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={manifests.LABEL_SELECTION: kopf.PRESENT})
-async def job_changed(labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    memo.dsel.wakeups.poke(_namespaced(namespace), labels[manifests.LABEL_SELECTION])
+async def job_changed(
+    type: str | None, event: kopf.RawEvent, labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    memo.dsel.wakeups.poke_for_job(_namespaced(namespace), labels[manifests.LABEL_SELECTION], type, event["object"])
 
 
 def _namespaced(namespace: str | None) -> str:

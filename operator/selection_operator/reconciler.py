@@ -1,10 +1,11 @@
 """Observe, decide, act: runs the pure state machine against the cluster for one DataSelection.
 
 One long-lived loop per resource (started by the `Supervisor`, without a finalizer) is the only
-writer of its status. Job events wake it at once; otherwise it re-checks every `resync_seconds`
-while the selection runs, and sleeps until the spec changes once it has finished. Each round
-observes (the resource, its ConfigMap and Jobs; pods, Events, Workloads, the failed pod's
-message or selection.json only when the plan asks), decides (`phases.decide`) and applies.
+writer of its status. Job events wake it at once (all but the echo of its own create, see
+`Wakeups`); otherwise it re-checks every `resync_seconds` while the selection runs, and sleeps
+until the spec changes once it has finished. Each round observes (the resource, then its
+ConfigMap and Jobs together; pods, Events, Workloads, the failed pod's message or selection.json
+only when the plan asks), decides (`phases.decide`) and applies.
 """
 
 from __future__ import annotations
@@ -36,11 +37,17 @@ def now_rfc3339() -> str:
 
 
 class Wakeups:
-    """Per-resource wake-up events, so Job and spec changes reach the right loop at once."""
+    """Per-resource wake-up events, so Job and spec changes reach the right loop at once.
+
+    The watch event of a Job the loop has just created (its ADDED event carrying the very
+    resourceVersion the create returned) tells the loop nothing it does not know, so it wakes
+    nobody: the Job controller's first status update does. That halves the rounds per stage; a
+    Job created suspended (Kueue) still wakes the loop, which then reports why it waits."""
 
     def __init__(self) -> None:
         self._events: dict[tuple[str, str], asyncio.Event] = {}
         self._generations: dict[tuple[str, str], Any] = {}
+        self._created: dict[tuple[str, str], dict[str, str]] = {}  # job name -> resourceVersion
 
     def register(self, namespace: str, name: str) -> asyncio.Event:
         event = self._events.setdefault((namespace, name), asyncio.Event())
@@ -50,11 +57,27 @@ class Wakeups:
         if self._events.get((namespace, name)) is event:
             del self._events[(namespace, name)]
         self._generations.pop((namespace, name), None)
+        self._created.pop((namespace, name), None)
 
     def poke(self, namespace: str, name: str) -> None:
         event = self._events.get((namespace, name))
         if event is not None:
             event.set()
+
+    def created_job(self, namespace: str, name: str, job: Mapping[str, Any]) -> None:
+        """Note a Job the loop of `name` created, as the API server returned it."""
+        meta = job.get("metadata") or {}
+        if meta.get("name") and meta.get("resourceVersion") and not (job.get("spec") or {}).get("suspend"):
+            self._created.setdefault((namespace, name), {})[meta["name"]] = meta["resourceVersion"]
+
+    def poke_for_job(self, namespace: str, name: str, event_type: str | None, job: Mapping[str, Any]) -> None:
+        """Wake the loop of selection `name` for a Job event, unless it is the echo of its own create."""
+        meta = job.get("metadata") or {}
+        created = self._created.get((namespace, name)) or {}
+        version = created.pop(str(meta.get("name")), None)  # only the first event after the create may be its echo
+        if event_type == "ADDED" and version is not None and version == meta.get("resourceVersion"):
+            return
+        self.poke(namespace, name)
 
     def poke_on_new_generation(self, namespace: str, name: str, generation: Any) -> None:
         """Wake the loop for spec changes, not for the status patches it makes itself."""
@@ -62,6 +85,47 @@ class Wakeups:
         if self._generations.get(key) != generation:
             self._generations[key] = generation
             self.poke(namespace, name)
+
+
+class LatestSelections:
+    """The newest body of each DataSelection that the watch delivered, read instead of a GET.
+
+    A body serves a round only while it is the version the operator last knew from the API
+    server itself (its last status write's answer, or its last GET), i.e. once the watch has
+    delivered the echo of that write; until then the round GETs. A change made since (a spec
+    edit, a deletion) arrives as a later event that replaces the body and wakes the loop, just as
+    a GET racing with that change would have missed it. The first round uses the event that
+    started the loop."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], Mapping[str, Any]] = {}
+        self._known: dict[tuple[str, str], str | None] = {}
+
+    @staticmethod
+    def _version(body: Mapping[str, Any] | None) -> str | None:
+        return ((body or {}).get("metadata") or {}).get("resourceVersion")
+
+    def seen(self, namespace: str, name: str, body: Mapping[str, Any]) -> None:
+        """A watch event's body (events arrive in the order of the API server's changes)."""
+        self._seen[(namespace, name)] = body
+
+    def known(self, namespace: str, name: str, body: Mapping[str, Any] | None) -> None:
+        """A body the API server answered with (GET, or the status write's answer)."""
+        self._known[(namespace, name)] = self._version(body)
+
+    def fresh(self, namespace: str, name: str) -> Mapping[str, Any] | None:
+        """The watched body when it is at least as new as the operator's own last read or write."""
+        key = (namespace, name)
+        body = self._seen.get(key)
+        if body is None or self._version(body) is None:
+            return None
+        if key in self._known and self._known[key] != self._version(body):
+            return None
+        return body
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._seen.pop((namespace, name), None)
+        self._known.pop((namespace, name), None)
 
 
 @dataclasses.dataclass
@@ -72,6 +136,8 @@ class Context:
     settings: OperatorSettings
     metrics: Metrics
     wakeups: Wakeups = dataclasses.field(default_factory=Wakeups)
+    selections: LatestSelections = dataclasses.field(default_factory=LatestSelections)
+    selection_reader: results.SelectionReader = dataclasses.field(default_factory=results.SelectionReader)
     supervisor: "Supervisor" = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
@@ -87,6 +153,7 @@ class Context:
         await self.supervisor.close()
         self.metrics.close()
         self.cluster.close()
+        self.selection_reader.close()
 
 
 def owned_by(obj: Mapping[str, Any], uid: str | None) -> bool:
@@ -142,13 +209,16 @@ async def failure_detail(
 async def observe(ctx: Context, resource: Mapping[str, Any]) -> tuple[phases.Observation, dict[str, dict]]:
     meta = resource["metadata"]
     namespace, name, uid = meta["namespace"], meta["name"], meta.get("uid")
+    jobs, config_map = await asyncio.gather(  # two round trips at once
+        ctx.cluster.list_owned("batch/v1", "Job", namespace, name),
+        ctx.cluster.get("v1", "ConfigMap", namespace, manifests.config_map_name(name)),
+    )
     jobs_by_stage: dict[str, dict] = {}
-    for job in await ctx.cluster.list_owned("batch/v1", "Job", namespace, name):
+    for job in jobs:
         stage = (job.get("metadata", {}).get("labels") or {}).get(manifests.LABEL_STAGE)
         if stage in contract.STAGE_NAMES and owned_by(job, uid):
             jobs_by_stage[stage] = job
     started = secret = None
-    config_map = await ctx.cluster.get("v1", "ConfigMap", namespace, manifests.config_map_name(name))
     if config_map is not None and owned_by(config_map, uid):
         started = json.loads((config_map.get("data") or {}).get(manifests.ARGS_FILE) or "null")
         annotations = config_map["metadata"].get("annotations") or {}
@@ -254,7 +324,7 @@ async def _read_selection(ctx: Context, namespace: str, storage: contract.Storag
         credentials = await storage_credentials(ctx, namespace, storage.credentials_secret)
     except results.CredentialsError as error:
         return phases.SelectionRead(error=str(error))
-    return await asyncio.to_thread(results.read_selection, storage, credentials)
+    return await ctx.selection_reader.read(storage, credentials)
 
 
 async def gather_needs(
@@ -278,7 +348,7 @@ async def gather_needs(
     return observation
 
 
-async def _create(ctx: Context, obj: dict[str, Any], owner: Mapping[str, Any]) -> bool:
+async def _create(ctx: Context, obj: dict[str, Any], owner: Mapping[str, Any]) -> dict[str, Any] | None:
     manifests.adopt(obj, owner)  # not kopf.adopt: the owner's labels must not leak onto children
     return await ctx.cluster.create(obj)
 
@@ -308,7 +378,7 @@ async def apply(
     old = resource.get("status") or {}
     patch = phases.merge_patch(old, plan.status)
     if patch is not None:
-        await ctx.cluster.patch_selection_status(namespace, name, patch)
+        ctx.selections.known(namespace, name, await ctx.cluster.patch_selection_status(namespace, name, patch))
     for event in plan.events:
         owner = kopf.Body(cast(kopf.RawBody, dict(resource)))  # a raw object from the API: kopf's view of it
         kopf.event(owner, type=event.type, reason=event.reason, message=redact(event.message))
@@ -329,7 +399,7 @@ async def _create_children(
         return
     if plan.create_config_map:
         config_map = manifests.build_config_map(plan.resource, plan.storage)
-        if not await _create(ctx, config_map, resource):
+        if await _create(ctx, config_map, resource) is None:
             existing = await ctx.cluster.get("v1", "ConfigMap", namespace, config_map["metadata"]["name"])
             if existing is not None and not owned_by(existing, meta.get("uid")):
                 # A namesake's leftover (deleted and recreated quickly): its Jobs would mount the
@@ -339,13 +409,18 @@ async def _create_children(
                 return
     for stage in plan.create_jobs:
         job = manifests.build_job(stage, plan.resource, plan.storage, ctx.settings)
-        if await _create(ctx, job, resource):
+        created = await _create(ctx, job, resource)
+        if created is not None:
+            ctx.wakeups.created_job(namespace, name, created)
             logger.info("created Job %s", job["metadata"]["name"])
 
 
 async def reconcile(ctx: Context, namespace: str, name: str, logger: kopf.Logger) -> bool:
     """One round for one resource: True when it is idle (finished, gone or being deleted)."""
-    resource = await ctx.cluster.get_selection(namespace, name)
+    resource = ctx.selections.fresh(namespace, name)
+    if resource is None:
+        resource = await ctx.cluster.get_selection(namespace, name)
+        ctx.selections.known(namespace, name, resource)
     if resource is None or resource.get("metadata", {}).get("deletionTimestamp"):
         return True  # the supervisor stops this loop when it sees the deletion
     observation, jobs = await observe(ctx, resource)
@@ -421,6 +496,7 @@ class Supervisor:
         self.ctx.wakeups.poke_on_new_generation(namespace, name, generation)
 
     def stop(self, namespace: str, name: str) -> None:
+        self.ctx.selections.forget(namespace, name)
         running = self._loops.pop((namespace, name), None)
         if running is not None:
             running[1].set()
