@@ -55,9 +55,10 @@ def accuracy_plot(groups, budgets, labels, learned, path: Path) -> Path:
         ax.set_ylabel("exact match (%)")
         ax.set_title(title, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].legend(fontsize=7, ncol=2, loc="upper left")
+    handles, names = axes[0][0].get_legend_handles_labels()  # below the plots: it would hide bars
+    fig.legend(handles, names, fontsize=7, ncol=min(6, len(names)), loc="lower center")
     fig.suptitle("Accuracy per method and budget (bars: mean over seeds, whiskers: 95% t-interval)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
