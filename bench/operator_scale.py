@@ -55,6 +55,7 @@ from bench.reporting import publish  # noqa: E402
 from selection import artifacts, storage  # noqa: E402
 from selection.crd import build_crd  # noqa: E402
 from tests.support.kube_emulator import KubeEmulator  # noqa: E402
+from tests.support.processes import stop_process  # noqa: E402
 from tests.support.s3server import SeaweedS3  # noqa: E402
 
 NAMESPACE = "default"
@@ -379,12 +380,7 @@ async def run(args) -> dict:
                 if profiler is not None:
                     profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
                     profiler.wait(timeout=60)
-                operator.terminate()
-                try:
-                    operator.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    operator.kill()
-                    operator.wait()
+                stop_process(operator, 20)
                 log.close()
     results["log"] = str(work / "operator.log")
     return results

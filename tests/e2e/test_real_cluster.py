@@ -55,6 +55,7 @@ import pytest
 import yaml
 
 from selection.crd import crd_yaml
+from tests.support.processes import stop_process
 
 pytestmark = [
     pytest.mark.e2e,
@@ -113,12 +114,7 @@ def local_operator(kubeconfig: str, namespace: str, log_path: Path) -> Iterator[
     try:
         yield
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 30)
 
 
 def test_demo_selection_succeeds_on_a_real_cluster(tmp_path):

@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from tests.support.processes import stop_process
 
 __all__ = ["SeaweedS3", "find_weed"]
 
@@ -242,15 +243,7 @@ class SeaweedS3:
         process, self._process = self._process, None
         atexit.unregister(self.stop)
         if process is not None:
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=STOP_GRACE_S)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        process.kill()
-                    process.wait(timeout=10)
+            stop_process(process, STOP_GRACE_S)
             # gRPC Unix sockets are created in /tmp keyed by our ports; a killed server
             # leaves them behind.
             for name in ("master", "volume", "filer", "s3"):
