@@ -95,6 +95,7 @@ def labels_in_order(document: dict[str, Any], groups) -> list[str]:
 
 
 def _mean_sd(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    values = [v for v in values if math.isfinite(v)]  # nan: a column without data (no learned task)
     if not values:
         return "–"
     mean = statistics.fmean(values)
@@ -533,8 +534,10 @@ def write_index(root: Path) -> Path:
     return target
 
 
-def merge(files: list[Path], target: Path) -> Path:
-    """One results.json from runs of the same size split over seeds (`run.py --seed-ids`)."""
+def merge(files: list[Path], target: Path, command: str | None = None,
+          timings: dict[str, float] | None = None) -> Path:
+    """One results.json from runs of the same size split over seeds (`run.py --seed-ids`);
+    `command` is the one that ran them all (`run.py --workers`), `timings` that run's own."""
     documents = [json.loads(Path(f).read_text()) for f in files]
     merged = dict(documents[0])
     methods: dict[str, Any] = {}
@@ -547,7 +550,7 @@ def merge(files: list[Path], target: Path) -> Path:
     merged["size"] = {**merged["size"], "controls": list(dict.fromkeys(controls)),
                       "seeds": len({r["seed"] for d in documents for r in d["records"]})}
     merged["commands"] = [d["command"] for d in documents]
-    merged["command"] = "python -m bench.quality.run  (split over processes; see `commands`)"
+    merged["command"] = command or "python -m bench.quality.run  (split over processes; see `commands`)"
     merged["records"] = [r for d in documents for r in d["records"]]
     from bench.quality.run import default_method  # the default of the dsel this report is written with
 
@@ -556,6 +559,7 @@ def merge(files: list[Path], target: Path) -> Path:
     merged["pools"] = {k: v for d in documents for k, v in d.get("pools", {}).items()}
     merged["finished"] = all(d.get("finished") for d in documents)
     merged["timings_seconds"] = {f"part {i} {k}": v for i, d in enumerate(documents) for k, v in d.get("timings_seconds", {}).items()}
+    merged["timings_seconds"].update(timings or {})
     merged["failed_methods"] = {k: v for d in documents for k, v in (d.get("failed_methods") or {}).items()}
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(merged, indent=1, default=str))

@@ -473,6 +473,11 @@ def main(argv: list[str] | None = None) -> int:
         log_file.close()
 
 
+def command_line(argv: list[str] | None) -> str:
+    """This run's command as a user would type it (for the report)."""
+    return ("python -m bench.quality.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))).strip()
+
+
 def worker_argv(args, name: str, size: Size, seeds: list[int], out: Path) -> list[str]:
     """The command line of one worker: this run's options, for its share of the seeds."""
     argv = ["--size", name, "--scenario", size.scenario, "--seed-ids", *map(str, seeds), "--out", str(out),
@@ -495,7 +500,7 @@ def run_workers(args, name: str, size: Size, out: Path, argv) -> int:
 
     from bench.quality import report
 
-    command = "python -m bench.quality.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = command_line(argv)
     started = time.perf_counter()
     pretrain.ensure_base_model(size.model, args.cache.resolve(), print)
     seeds = list(args.seed_ids) if args.seed_ids is not None else list(range(size.seeds))
@@ -511,11 +516,10 @@ def run_workers(args, name: str, size: Size, out: Path, argv) -> int:
     if failed:
         print(f"workers failed: {', '.join(failed)} (their logs: run.log in {out / 'parts'})", file=sys.stderr)
         return 1
-    merged = report.merge([part / "results.json" for part in parts], out / "results.json")
-    document = json.loads(merged.read_text())
-    document["command"] = command.strip()
-    document["timings_seconds"]["total wall (all workers)"] = round(time.perf_counter() - started, 1)
-    merged.write_text(json.dumps(document, indent=1, default=str))
+    merged = report.merge(
+        [part / "results.json" for part in parts], out / "results.json", command=command,
+        timings={"total wall (all workers)": round(time.perf_counter() - started, 1)},
+    )
     (out / "run.log").write_text("".join((part / "run.log").read_text() for part in parts))
     written = report.write_report(merged, out, plots=not args.no_plots)
     print(f"done in {(time.perf_counter() - started) / 60:.1f} min; report: {', '.join(str(p) for p in written)}")
@@ -526,8 +530,8 @@ def _run(args, name: str, size: Size, out: Path, cache: Path, methods: list[Meth
     import torch
 
     torch.manual_seed(0)
-    command = "python -m bench.quality.run " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    log(f"$ {command.strip()}")
+    command = command_line(argv)
+    log(f"$ {command}")
     log(f"size {name}: {size.seeds} seed(s), budgets {', '.join(f'{b:.0%}' for b in size.budgets)}, "
         f"methods {', '.join(m.label for m in methods)}" + (f" (skipped, not in dsel: {', '.join(skipped)})" if skipped else ""))
     started = time.perf_counter()
@@ -556,7 +560,7 @@ def _run(args, name: str, size: Size, out: Path, cache: Path, methods: list[Meth
     def save(final: bool) -> None:
         document = {
             "size": size.describe(),
-            "command": command.strip(),
+            "command": command,
             "versions": versions(),
             "methods": [asdict(m) for m in methods],
             "skipped_methods": skipped,

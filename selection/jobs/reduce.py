@@ -53,12 +53,17 @@ def _rows_to_select_from(pool: int, answerless: list[int], duplicates: list[int]
         return None
     kept = np.setdiff1d(np.arange(pool), np.asarray(excluded, dtype=np.int64))
     if budget > len(kept):
-        reasons = [f"{len(answerless)} keep no assistant token within maxLength"] if answerless else []
-        reasons += [f"{len(duplicates)} repeat an earlier line (selection.deduplicate)"] if duplicates else []
+        reasons, remedies = [], ["lower the budget"]
+        if answerless:
+            reasons.append(f"{len(answerless)} keep no assistant token within maxLength")
+            remedies.append("raise data.maxLength")
+        if duplicates:
+            reasons.append(f"{len(duplicates)} repeat an earlier line (selection.deduplicate)")
+            remedies.append("set selection.deduplicate: false")
         raise spec_module.SpecError([(
             "spec.selection.budget",
             f"{budget} examples requested, but only {len(kept)} of {pool} can be selected "
-            f"({'; '.join(reasons)}); lower the budget, raise data.maxLength or set deduplicate: false",
+            f"({'; '.join(reasons)}); {', '.join(remedies)}",
         )])
     return kept
 

@@ -162,3 +162,13 @@ def test_smoke_run_writes_a_report(tmp_path, scenario):
         for name in ("accuracy.png", "composition.png"):
             assert (out / name).read_bytes().startswith(b"\x89PNG")
             assert f"]({name})" in report
+
+
+def test_a_column_without_data_is_shown_as_a_dash_not_a_crash():
+    """With no learned task, the learned-task columns are nan for every seed (statistics.stdev
+    raises on those); the report shows a dash and keeps the finite values."""
+    from bench.quality import report
+
+    nan = float("nan")
+    assert report._mean_sd([nan, nan]) == "–"
+    assert report._mean_sd([0.1, nan, 0.3]) == "20.0 ± 14.1"
